@@ -1,0 +1,90 @@
+# Copyright Med-SORA contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see LICENSE.
+
+"""Datasets in the BTCV layout (``dataset_0.json`` + ``imagesTr`` + ``labelsTr``), checked before any training starts.
+
+Checking file headers up front turns a bad case found hours into a run into an error naming the file at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monai.data import load_decathlon_datalist
+
+from . import phantom
+
+__all__ = ["prepare_dataset", "load_datalist", "check_pair"]
+
+DATALIST_NAME = "dataset_0.json"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def prepare_dataset(dataset_dir: str, phantom_dir: str, phantom_kwargs: Mapping[str, Any] | None = None) -> str:
+    """Return the datalist file of ``dataset_dir``, generating the phantom first when ``dataset_dir`` is its home.
+
+    Args:
+        dataset_dir: a BTCV-layout directory (real data) or the bundle's phantom directory.
+        phantom_dir: where the bundle keeps its generated phantom; only that directory is ever written to.
+        phantom_kwargs: generator parameters (``scripts.phantom.generate_phantom_dataset``).
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` has no ``dataset_0.json``.
+    """
+    if os.path.realpath(dataset_dir) == os.path.realpath(phantom_dir):
+        return phantom.ensure_phantom(dataset_dir, **dict(phantom_kwargs or {}))
+    datalist_file = os.path.join(dataset_dir, DATALIST_NAME)
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(
+            f"dataset_dir {dataset_dir!r} has no {DATALIST_NAME}: expected the BTCV layout "
+            f"(imagesTr/img0001.nii.gz, labelsTr/label0001.nii.gz, {DATALIST_NAME} with 'training' and 'validation')."
+        )
+    return datalist_file
+
+
+def _header(path: str) -> nib.spatialimages.SpatialImage:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist.")
+    try:
+        return nib.load(path)
+    except Exception as e:  # nibabel raises several types for unreadable files
+        raise ValueError(f"{path} is not a readable NIfTI image: {e}") from e
+
+
+def check_pair(image_path: str, label_path: str, atol: float = 1e-3) -> None:
+    """Raise a ``ValueError`` naming both files when an image and its label map are not on the same voxel grid."""
+    if not (image_path.endswith(NIFTI_SUFFIXES) and label_path.endswith(NIFTI_SUFFIXES)):
+        return
+    image, label = _header(image_path), _header(label_path)
+    if image.shape[:3] != label.shape[:3]:
+        raise ValueError(f"image {image_path} has shape {image.shape} but label map {label_path} has {label.shape}.")
+    if not np.allclose(image.affine, label.affine, atol=atol):
+        raise ValueError(
+            f"image {image_path} and label map {label_path} have different affines:\n{image.affine}\nvs\n{label.affine}"
+        )
+
+
+def load_datalist(datalist_file: str, key: str = "training", check_files: bool = True) -> list[dict]:
+    """Load one split of a decathlon-style datalist with absolute paths, checking every image/label pair.
+
+    Args:
+        datalist_file: the dataset's ``dataset_0.json``.
+        key: the split, e.g. ``"training"`` or ``"validation"``.
+        check_files: check that files exist, are readable and that each image and label share a grid.
+    """
+    try:
+        items = load_decathlon_datalist(datalist_file, is_segmentation=True, data_list_key=key)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{datalist_file}: cannot read the {key!r} list: {e}") from e
+    if not items:
+        raise ValueError(f"{datalist_file}: the {key!r} list is empty.")
+    if check_files:
+        for item in items:
+            if "label" not in item:
+                raise ValueError(f"{datalist_file}: item {item} of {key!r} has no 'label'.")
+            check_pair(item["image"], item["label"])
+    return items
