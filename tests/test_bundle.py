@@ -1,0 +1,152 @@
+"""The bundle run the way users run it: the README's commands, evaluate, inference, export and the bundle checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from conftest import BUNDLE_ROOT, REPO_ROOT
+
+CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
+TRAIN = os.path.join(CONFIGS, "train.yaml")
+EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
+INFERENCE = os.path.join(CONFIGS, "inference.yaml")
+# small enough for CI: five phantom cases, two epochs
+TINY = ["--phantom#num_cases", "5", "--phantom#num_validation", "2", "--epochs", "2", "--batch_size", "3"]
+
+
+def run_bundle(*args, cwd=REPO_ROOT, check=True):
+    """``python -m monai.bundle ARGS`` in a subprocess, as a user types it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"monai.bundle {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train on a freshly generated phantom with the README's command, outputs outside the repository."""
+    root = tmp_path_factory.mktemp("bundle_run")
+    dirs = {"phantom_dir": root / "phantom", "ckpt_dir": root / "models", "output_dir": root / "eval"}
+    overrides = [x for k, v in dirs.items() for x in (f"--{k}", str(v))] + TINY
+    result = run_bundle("run", "training", "--config_file", "bundle/configs/train.yaml", *overrides)
+    return {"overrides": overrides, "log": result.stdout + result.stderr, **dirs}
+
+
+def test_training_writes_best_and_last_checkpoints_and_logs(trained):
+    assert (trained["phantom_dir"] / "dataset_0.json").is_file()
+    assert (trained["ckpt_dir"] / "model.pt").is_file()
+    assert (trained["ckpt_dir"] / "checkpoint_epoch=2.pt").is_file()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(trained["output_dir"]))
+    last = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=2.pt", weights_only=False)
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # saved after epoch 2
+    assert "Epoch[2] Metrics -- val_accuracy" in trained["log"]
+
+
+def test_evaluate_reports_per_organ_metrics(trained):
+    config = str([TRAIN, EVALUATE])
+    run_bundle("run", "evaluate", "--config_file", config, *trained["overrides"])
+    report = json.loads((trained["output_dir"] / "image_metrics.json").read_text())
+    assert report["samples"] == 2 * 7  # two validation cases, seven organs each
+    assert list(report["recall_per_organ"]) == ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+    counts = torch.tensor(report["confusion_matrix"]["counts"])
+    assert counts.sum() == 14 and counts.sum(1).tolist() == [2] * 7
+    assert report["accuracy"] == pytest.approx(float(counts.trace()) / 14)
+
+
+def test_inference_classifies_every_organ_of_a_ct(trained, tmp_path):
+    case = json.loads((trained["phantom_dir"] / "dataset_0.json").read_text())["validation"][0]
+    output = tmp_path / "predictions.json"
+    run_bundle(
+        "run", "inference", "--config_file", "bundle/configs/inference.yaml",
+        "--image", str(trained["phantom_dir"] / case["image"]), "--label", str(trained["phantom_dir"] / case["label"]),
+        "--ckpt_dir", str(trained["ckpt_dir"]), "--output_file", str(output),
+    )  # fmt: skip
+    (predictions,) = json.loads(output.read_text()).values()
+    assert sorted(predictions) == sorted(["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"])
+    for organ in predictions.values():
+        assert sum(organ["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert organ["predicted"] == max(organ["probabilities"], key=organ["probabilities"].get)
+
+
+def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
+    ts_file = tmp_path / "model.ts"
+    run_bundle(
+        "ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(trained["ckpt_dir"] / "model.pt"),
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", cwd=BUNDLE_ROOT,
+    )  # fmt: skip
+    scripted = torch.jit.load(str(ts_file))
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(trained["ckpt_dir"] / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.rand(2, 1, 64, 64, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_bundle_checks_pass():
+    run_bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", "docs/meta_schema.json", cwd=BUNDLE_ROOT)
+    run_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", cwd=BUNDLE_ROOT)
+
+
+def test_inference_config_builds_the_trained_network_and_preprocessing():
+    """inference.yaml stands alone (model-zoo style); its copies of train.yaml's blocks must not drift."""
+    train, inference = (yaml.safe_load(open(f)) for f in (TRAIN, INFERENCE))
+    shared = ["organ_labels", "known_labels", "num_classes", "pixdim", "hu_window", "organ_margin", "num_slices",
+              "slice_size", "volume_size", "vit_2d_def", "pretrained_2d", "vit_2d", "vit_3d", "fusion", "network_def",
+              "load_transforms", "sample_slices"]  # fmt: skip
+    assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
+
+
+def test_metadata_describes_the_network():
+    meta = json.load(open(os.path.join(CONFIGS, "metadata.json")))
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    assert image["spatial_shape"] == parser.get_parsed_content("volume_size")
+    assert pred["spatial_shape"] == [parser["num_slices"], len(parser["organ_labels"])]
+    assert meta["version"] in meta["changelog"]
+
+
+@pytest.mark.parametrize(
+    "ablation, branches",
+    [(None, ["2d", "3d", "fusion"]), ("2d_only", ["2d"]), ("3d_only", ["3d"]), ("concat", ["2d", "3d", "fusion"])],
+)
+def test_ablation_overrides_select_the_structure(ablation, branches):
+    files = [TRAIN] + ([os.path.join(CONFIGS, "ablations", f"{ablation}.yaml")] if ablation else [])
+    parser = ConfigParser()
+    parser.read_config(files)
+    net = parser.get_parsed_content("network_def")
+    assert net.branches == branches
+    fusion = type(net.fusion).__name__ if net.fusion is not None else None
+    assert fusion == {None: "CrossAttentionFusion", "concat": "ConcatFusion"}.get(ablation)
+    assert net(torch.rand(1, 1, 64, 64, 16)).shape == (1, len(branches), 16, 7)
+
+
+def test_paper_preset_is_the_papers_architecture():
+    parser = ConfigParser()
+    parser.read_config([TRAIN, os.path.join(CONFIGS, "paper.yaml")])
+    vit_2d, vit_3d = parser["vit_2d_def"], parser["vit_3d"]
+    assert (vit_2d["hidden_size"], vit_2d["num_layers"], vit_2d["num_heads"], vit_2d["patch_size"]) == (1024, 24, 16, [16, 16])
+    assert parser["slice_size"] == [224, 224] and parser["epochs"] == 50
+    assert vit_3d["patch_size"] == [16, 16, 8] and vit_3d["num_layers"] == 6  # the paper's (8, 16, 16) in (D, H, W)
+
+
+def test_misspelt_override_is_refused(tmp_path):
+    result = run_bundle(
+        "run", "training", "--config_file", "bundle/configs/train.yaml", "--epoch", "1",
+        "--phantom_dir", str(tmp_path / "phantom"), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "unknown override key(s) --epoch (did you mean --epochs?)" in result.stderr
+    assert not (tmp_path / "phantom").exists()  # refused before any work
