@@ -6,7 +6,9 @@ import sys
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.utils import set_determinism
 
 from conftest import REPO_ROOT
 from scripts import phantom
@@ -16,32 +18,36 @@ from test_bundle import TRAIN
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantom")
-    phantom.generate_phantom_dataset(str(root), num_cases=4, num_validation=1, seed=3)
+    phantom.generate_phantom_dataset(str(root), num_cases=5, num_validation=2, seed=3)
     return str(root)
 
 
-def train(dataset, ckpt_dir, epochs, **overrides):
+def train(dataset, ckpt_dir, epochs=3, stop_after=None, **overrides):
+    """Train for ``epochs``; ``stop_after`` kills the run after that epoch, like an interrupted job."""
     workflow = ConfigWorkflow(
         config_file=TRAIN, workflow_type="train", run_id="training",
         dataset_dir=dataset, ckpt_dir=str(ckpt_dir), output_dir=str(ckpt_dir / "eval"),
         epochs=epochs, batch_size=2, **overrides,
     )  # fmt: skip
     workflow.initialize()
+    if stop_after is not None:
+        set_determinism(seed=workflow.parser["seed"])  # as the run list does before building the network
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda engine: engine.terminate())
     workflow.run()
     workflow.finalize()
-    return torch.load(ckpt_dir / f"checkpoint_epoch={epochs}.pt", weights_only=False)
+    return torch.load(ckpt_dir / f"checkpoint_epoch={stop_after or epochs}.pt", weights_only=False)
 
 
 def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
-    straight = train(dataset, tmp_path / "straight", epochs=3)
-    train(dataset, tmp_path / "interrupted", epochs=2)
-    resumed = train(
-        dataset, tmp_path / "interrupted", epochs=3,
-        resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt"),
-    )  # fmt: skip
+    straight = train(dataset, tmp_path / "straight")
+    interrupted = train(dataset, tmp_path / "interrupted", stop_after=2)
+    resumed = train(dataset, tmp_path / "interrupted", resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt"))
     assert resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 3 * straight["trainer"]["epoch_length"]
     for name, weight in straight["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
+    # the resumed run did train: epoch 3 moved the weights on from the interruption
+    assert any(not torch.equal(interrupted["model"][n], w) for n, w in resumed["model"].items())
 
 
 def test_data_parallel_training_under_torchrun(dataset, tmp_path):
@@ -54,7 +60,7 @@ def test_data_parallel_training_under_torchrun(dataset, tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
-    # three training cases over two ranks: each rank runs two iterations (the sampler pads to an even split)
+    # three training cases over two ranks: each runs two iterations (the sampler pads to an even split)
     assert result.stdout.count("Epoch: 1/1, Iter: 2/2") + result.stderr.count("Epoch: 1/1, Iter: 2/2") == 1
     checkpoint = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)
     assert not any(name.startswith("module.") for name in checkpoint["model"])  # saved unwrapped, loads anywhere
