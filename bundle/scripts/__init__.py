@@ -4,6 +4,7 @@
 """Med-SORA bundle code: only what MONAI lacks, one module per paper stage; the configs wire it."""
 
 from . import (
+    atomic_io,
     config_check,
     datalist,
     determinism,

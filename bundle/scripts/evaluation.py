@@ -5,28 +5,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["OrganReportWriter", "OrganPredictionWriter", "organ_report", "write_json_atomic"]
+from .atomic_io import write_json_atomic
 
-
-def write_json_atomic(obj: object, path: str) -> None:
-    """Write JSON through a temporary file in the same directory, so readers never see a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+__all__ = ["OrganReportWriter", "OrganPredictionWriter", "organ_report"]
 
 
 def organ_report(confusion: torch.Tensor, organs: Sequence[str]) -> dict:

@@ -16,7 +16,8 @@ recording the generator parameters so that later calls can tell whether the data
 
 Command line::
 
-    python bundle/scripts/phantom.py --output_dir DIR --num_cases 30 --num_validation 6 --seed 0
+    python -m monai.bundle run prepare_data --config_file bundle/configs/train.yaml --phantom_dir DIR \
+        --phantom#num_cases 30 --phantom#num_validation 6 --phantom#seed 0
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+
+from .atomic_io import atomic_write, write_json_atomic
 
 __all__ = [
     "BTCV_LABELS",
@@ -804,37 +806,13 @@ def generate_case(
     return _finish(canvas, rng), canvas.label, grid.affine.copy()
 
 
-def _atomic_write_bytes(path: str, write: Callable[[str], None], suffix: str) -> None:
-    """Write through a temporary file in the destination directory, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
     img = nib.Nifti1Image(array, affine)
     img.header.set_data_dtype(array.dtype)
     img.set_qform(affine, code=1)  # scanner anatomical
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    _atomic_write_bytes(path, lambda tmp: nib.save(img, tmp), ".nii.gz")
-
-
-def _save_json(obj: Any, path: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-
-    _atomic_write_bytes(path, write, ".json")
+    atomic_write(path, lambda tmp: nib.save(img, tmp), ".nii.gz")
 
 
 def _case_paths(index: int) -> dict[str, str]:
@@ -935,7 +913,7 @@ def generate_phantom_dataset(
                 "unfinished phantom run with these parameters; refusing to overwrite them. Use overwrite=True."
             )
 
-    _save_json(wanted, progress_path)  # lets an interrupted run resume instead of refusing its own files
+    write_json_atomic(wanted, progress_path)  # lets an interrupted run resume instead of refusing its own files
     for index, case in enumerate(cases, start=1):
         image_path, label_path = (os.path.join(output_dir, case[k]) for k in ("image", "label"))
         if not overwrite and os.path.isfile(image_path) and os.path.isfile(label_path):
@@ -959,7 +937,7 @@ def generate_phantom_dataset(
         "test": [],
         "phantom": wanted,
     }
-    _save_json(datalist, datalist_path)
+    write_json_atomic(datalist, datalist_path)
     os.remove(progress_path)
     return datalist_path
 
@@ -982,9 +960,3 @@ def ensure_phantom(dataset_dir: str, **kwargs: Any) -> str:
     if isinstance(existing, dict) and "phantom" not in existing:
         return datalist_path
     return generate_phantom_dataset(dataset_dir, **kwargs)
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(generate_phantom_dataset)

@@ -1,0 +1,40 @@
+# Copyright Med-SORA contributors
+# Licensed under the Apache License, Version 2.0 (the "License"); see LICENSE.
+
+"""Atomic file writes: an interrupted run leaves the previous file or the new one, never a truncated one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["atomic_write", "write_json_atomic"]
+
+
+def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(tmp)`` on a temporary file in the destination directory, then rename it to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+
+    atomic_write(path, write, ".json")
