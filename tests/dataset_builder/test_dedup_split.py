@@ -1,0 +1,94 @@
+"""Dedup (near-duplicates removed, distinct texts kept), group-aware split, leakage filter, label rule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dataset_builder.dedup import deduplicate
+from dataset_builder.labels import organ_labels
+from dataset_builder.split import leakage_regex, split
+
+
+def rec(i: int, text: str, organ: str = "liver", group: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": f"t{i}", "text": text, "organ": organ, "domain": "organ", "labels": [organ], "source": "hpo",
+            "group": group or f"G{i}", **{"provenance": {"source": "hpo", "identifier": f"G{i}"}, **extra}}
+
+
+def test_dedup_drops_exact_and_near_duplicates_and_keeps_distinct_texts() -> None:
+    records = [
+        rec(0, "Patient presents with yellowing of the skin, dark urine and itching."),
+        rec(1, "patient presents with yellowing of the skin,  dark urine and itching!"),   # exact after normalising
+        rec(2, "Patient presents with yellowing of the skin, dark urines and itching."),   # near duplicate
+        rec(3, "Right upper quadrant pain after fatty meals, with fever."),
+        rec(4, "Blood in the urine and pain in the flank radiating to the groin."),
+        rec(5, "Patient presents with pale stools, dark urine and weight loss."),          # shares words, distinct
+    ]
+    kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
+    assert [r["id"] for r in kept] == ["t0", "t3", "t4", "t5"]
+    assert dropped == {"exact duplicate": 1, "same findings": 0, "near duplicate": 1}
+
+
+def test_dedup_compares_content_not_template() -> None:
+    records = [rec(0, "Patient reports jaundice.", content="jaundice"),
+               rec(1, "Presents with jaundice.", content="jaundice", organ="gallbladder"),
+               rec(2, "Presents with pruritus.", content="pruritus")]
+    kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
+    assert [r["id"] for r in kept] == ["t0", "t2"] and dropped["exact duplicate"] == 1
+
+
+def test_dedup_drops_the_same_findings_in_other_words() -> None:
+    records = [rec(0, "Seen for icterus and reticulocytosis.", provenance={"findings": ["HP:0000952", "HP:0001923"]}),
+               rec(1, "Yellow skin with increased reticulocytes.", provenance={"findings": ["HP:0001923", "HP:0000952"]}),
+               rec(2, "Yellow skin and itching.", provenance={"findings": ["HP:0000952", "HP:0000989"]})]
+    kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
+    assert [r["id"] for r in kept] == ["t0", "t2"] and dropped["same findings"] == 1
+
+
+def corpus(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ten groups per organ, three paraphrases each, one naming its organ in every third group; one group shared by all organs."""
+    names = {"liver": "hepatic", "pancreas": "pancreatic", "kidney": "renal", "gallbladder": "biliary",
+             "spleen": "splenic", "stomach": "gastric", "adrenal_gland": "adrenal"}
+    out, i = [], 0
+    for organ in cfg["organs"]:
+        for g in range(10):
+            group = "OMIM:shared" if g == 0 else f"{organ}-{g}"
+            for p in range(3):
+                leak = f" with {names[organ]} tenderness" if g % 3 == 1 and p == 0 else ""
+                out.append(rec(i, f"Finding {g}.{p} in case {i}{leak}", organ, group, specificity=10.0 - g / 2))
+                i += 1
+    return out
+
+
+def test_split_is_grouped_stratified_and_leak_free(cfg: dict[str, Any]) -> None:
+    cfg["split"].update({"texts_per_organ": 20, "test_fraction": 0.2})
+    parts, info = split(corpus(cfg), cfg)
+    train_groups = {r["group"] for r in parts["train"]}
+    test_groups = {r["group"] for r in parts["test"]}
+    assert not train_groups & test_groups, "a source group straddles train and test"
+    leaks = leakage_regex(cfg["split"]["leakage_patterns"])
+    assert not [r["text"] for r in parts["test"] if leaks.search(r["text"])]
+    for organ in cfg["organs"]:
+        assert sum(r["organ"] == organ for r in parts["test"]) == 4
+        assert sum(r["organ"] == organ for r in parts["train"]) == 16
+    assert info["dropped"]["leakage (test names an organ)"] > 0
+    # within a split texts come round-robin over groups: at least as many groups as needed
+    assert len({r["group"] for r in parts["test"] if r["organ"] == "liver"}) >= 2
+    again, _ = split(corpus(cfg), cfg)
+    assert again == parts, "the split is deterministic"
+
+
+def test_leakage_patterns_catch_organ_words_but_not_lookalikes(cfg: dict[str, Any]) -> None:
+    leaks = leakage_regex(cfg["split"]["leakage_patterns"])
+    for text in ["Hepatomegaly on exam", "renal colic", "nephrotic range proteinuria", "gastric outlet obstruction",
+                 "splenic rub", "pancreatitis", "cholecystitis", "gall bladder pain", "biliary colic",
+                 "adrenal crisis", "suprarenal mass", "adrenocortical carcinoma", "asplenia", "glomerulonephritis", "pyloric stenosis", "islet cell hyperplasia", "enlarged liver", "kidney stones", "stomach ache", "large spleen"]:
+        assert leaks.search(text), text
+    for text in ["high cholesterol", "dark urine", "itching", "pale stools", "epigastric pain", "hyperpigmentation"]:
+        assert not leaks.search(text), text
+
+
+def test_label_rule_primary_first_then_canonical_order() -> None:
+    findings = [{"hpo_id": "HP:1", "organs": ["spleen"], "n_diseases": 10, "disease_share": {"liver": 0.7, "kidney": 0.2}},
+                {"hpo_id": "HP:2", "organs": [], "n_diseases": 2, "disease_share": {"stomach": 1.0}}]
+    assert organ_labels("gallbladder", findings, 0.6, 5) == ["gallbladder", "liver", "spleen"]
+    assert organ_labels("liver", [], 0.6, 5, ["adrenal_gland", "liver"]) == ["liver", "adrenal_gland"]
