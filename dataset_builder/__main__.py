@@ -9,12 +9,11 @@ from typing import Any
 
 import fire
 
-from .config import load_config
+from .config import DEFAULT_CONFIG, load_config
 from .errors import StageError
 from .pipeline import build, run_stage
 from .reproduce import verify
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.yaml")
 
 def _setup_logging(out: str) -> None:
     """Warnings to stderr and to <out>/stages/build.log."""

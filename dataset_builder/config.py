@@ -10,6 +10,8 @@ import yaml
 from . import ORGANS
 from .errors import StageError
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "default.yaml")
+
 
 def load_config(path: str, **overrides: Any) -> dict[str, Any]:
     """Read a YAML config, apply dotted overrides (`split.texts_per_organ=20`) and validate it.

@@ -31,12 +31,10 @@ def verify(cfg: dict[str, Any], corpus: str, out: str) -> list[str]:
 
 def main() -> None:
     """Rebuild the shipped corpus from the default config in a temporary directory and compare."""
-    from .config import load_config
+    from .config import DEFAULT_CONFIG, load_config
 
-    here = os.path.dirname(os.path.abspath(__file__))
-    cfg = load_config(os.path.join(here, "configs", "default.yaml"))
     with tempfile.TemporaryDirectory() as tmp:
-        differing = verify(cfg, os.path.join(here, "corpus"), tmp)
+        differing = verify(load_config(DEFAULT_CONFIG), os.path.join(os.path.dirname(DEFAULT_CONFIG), "..", "corpus"), tmp)
     if differing:
         sys.exit(f"[verify] rebuilt corpus differs: {', '.join(differing)}")
     print("[verify] shipped corpus reproduced byte for byte")

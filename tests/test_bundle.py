@@ -10,12 +10,7 @@ import torch
 import yaml
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from conftest import BUNDLE_ROOT, REPO_ROOT
-
-CONFIGS = os.path.join(BUNDLE_ROOT, "configs")
-TRAIN = os.path.join(CONFIGS, "train.yaml")
-EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
-INFERENCE = os.path.join(CONFIGS, "inference.yaml")
+from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, REPO_ROOT, TRAIN
 # small enough for CI: five phantom cases, two epochs
 TINY = ["--phantom#num_cases", "5", "--phantom#num_validation", "2", "--epochs", "2", "--batch_size", "3"]
 

@@ -7,14 +7,13 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLE_ROOT
+from bundle_paths import TRAIN
 from scripts.atomic_io import write_json_atomic
 from scripts.config_check import check_cli_overrides, unknown_override_keys
 from scripts.evaluation import organ_report
 
 ORGANS = ["liver", "pancreas", "kidney"]
 MAIN = os.path.join("site-packages", "monai", "bundle", "__main__.py")
-TRAIN = os.path.join(BUNDLE_ROOT, "configs", "train.yaml")
 
 
 def test_organ_report_by_hand():

@@ -10,9 +10,8 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from monai.utils import set_determinism
 
-from conftest import REPO_ROOT
+from bundle_paths import REPO_ROOT, TRAIN
 from scripts import phantom
-from test_bundle import TRAIN
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import pytest
 
+from dataset_builder.config import DEFAULT_CONFIG as CONFIG
 from dataset_builder.config import load_config
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "dataset_builder", "configs", "default.yaml")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import yaml
 from dataset_builder.config import load_config
 from dataset_builder.errors import StageError
 
-from conftest import CONFIG
+from dataset_builder.config import DEFAULT_CONFIG as CONFIG
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 

@@ -45,7 +45,7 @@ def gallbladder(retrieved: str, records: list[dict[str, Any]], tmp_path_factory:
     """chunk, filter and generate run on the gallbladder records only (the smallest organ)."""
     from dataset_builder.config import load_config
 
-    from conftest import CONFIG
+    from dataset_builder.config import DEFAULT_CONFIG as CONFIG
 
     out = str(tmp_path_factory.mktemp("gallbladder"))
     write_jsonl(stage_path(out, "retrieve"), [r for r in records if r["organ"] == "gallbladder"])
