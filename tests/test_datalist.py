@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import check_pair, load_datalist, prepare_dataset
+from scripts.datalist import case_datalist, check_pair, load_datalist, prepare_dataset
 
 AFFINE = np.diag([-3.0, -3.0, 4.0, 1.0])
 
@@ -60,3 +60,13 @@ def test_shape_and_affine_mismatches_name_both_files(tmp_path):
     with pytest.raises(ValueError, match=r"img0001.nii.gz and label map .*label0001.nii.gz have different affines"):
         load_datalist(datalist_file, "training")
     check_pair(str(tmp_path / "b" / "x.dcm"), str(tmp_path / "b" / "y.dcm"))  # non-NIfTI inputs are left to the reader
+
+
+def test_single_case_inputs_are_checked(tmp_path):
+    write_dataset(tmp_path)
+    image, label = str(tmp_path / "imagesTr" / "img0001.nii.gz"), str(tmp_path / "labelsTr" / "label0001.nii.gz")
+    assert case_datalist(image, label) == [{"image": image, "label": label}]
+    with pytest.raises(ValueError, match="--label must name"):
+        case_datalist(image, None)
+    with pytest.raises(FileNotFoundError, match="nope.nii.gz does not exist"):
+        case_datalist(str(tmp_path / "nope.nii.gz"), label)

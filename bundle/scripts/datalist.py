@@ -18,7 +18,7 @@ from monai.data import load_decathlon_datalist
 
 from . import phantom
 
-__all__ = ["prepare_dataset", "load_datalist", "check_pair"]
+__all__ = ["prepare_dataset", "load_datalist", "case_datalist", "check_pair"]
 
 DATALIST_NAME = "dataset_0.json"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -88,3 +88,12 @@ def load_datalist(datalist_file: str, key: str = "training", check_files: bool =
                 raise ValueError(f"{datalist_file}: item {item} of {key!r} has no 'label'.")
             check_pair(item["image"], item["label"])
     return items
+
+
+def case_datalist(image: str | None, label: str | None) -> list[dict]:
+    """The one-case datalist of ``--image`` and ``--label``, checked like a dataset's."""
+    missing = [name for name, value in (("--image", image), ("--label", label)) if not value]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} must name a CT and its organ label map (NIfTI), got none.")
+    check_pair(str(image), str(label))
+    return [{"image": str(image), "label": str(label)}]
