@@ -236,7 +236,7 @@ class MedSoraImageNet(nn.Module):
 
 
 def organ_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Organ probabilities of one sample or a batch: softmax of the last (prediction) branch, averaged over slices.
+    """Organ probabilities of one sample or a batch: softmax of the last (prediction) branch's slice-averaged logits.
 
     Args:
         logits: ``(K, D, N)`` or ``(B, K, D, N)`` from ``MedSoraImageNet``.
