@@ -1,6 +1,6 @@
 """Whole-corpus reproducibility check: rebuild offline and compare the published files byte for byte.
 
-Run `python -m dataset_builder verify --out /tmp/rebuild` (or `python -m dataset_builder.reproduce`).
+Run `python -m dataset_builder verify --out data/rebuild` (or `python -m dataset_builder.reproduce`).
 """
 
 from __future__ import annotations
