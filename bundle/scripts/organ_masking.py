@@ -70,7 +70,7 @@ class OrganMaskd(MapTransform):
         self.organ_key = organ_key
 
     def _check(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
-        label = torch.as_tensor(data[self.label_key])
+        label = torch.as_tensor(data[self.label_key]).round().long()
         label_file = source_name(data, self.label_key)
         for key in self.key_iterator(data):
             if tuple(data[key].shape[1:]) != tuple(label.shape[1:]):
@@ -79,13 +79,13 @@ class OrganMaskd(MapTransform):
                     f"{label_file} has {tuple(label.shape[1:])}; they must be on the same grid."
                 )
         if self.known_labels is not None:
-            unknown = sorted(set(torch.unique(label).round().long().tolist()) - self.known_labels)
+            unknown = sorted(set(torch.unique(label).tolist()) - self.known_labels)
             if unknown:
                 raise ValueError(
                     f"label map {label_file} contains unknown label ids {unknown}; this label convention expects "
                     f"ids in {sorted(self.known_labels)} (set organ_labels / known_labels for another convention)."
                 )
-        return label.round().long()
+        return label
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         label = self._check(data)
