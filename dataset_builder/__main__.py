@@ -28,7 +28,9 @@ def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
     print("organ            train  test")
     for organ in organs:
         print(f"{organ:<16} {counts['train'][organ]:>5} {counts['test'].get(organ, 0):>5}")
-    print(f"ood_test: {sum(counts.get('ood_test', {}).values())}")
+    for name in ("ood_test", "ood_train"):
+        by_branch = counts.get(name, {})
+        print(f"{name}: {sum(by_branch.values())} ({', '.join(f'{b} {n}' for b, n in by_branch.items())})")
     for stage, reasons in stats.get("dropped", {}).items():
         for reason, n in reasons.items():
             print(f"dropped [{stage}] {reason}: {n}")
@@ -67,7 +69,7 @@ class Commands:
         self._run("dedup")
 
     def split(self) -> None:
-        """Stage 6: grouped 8:2 split, leakage filter, test labels, out-of-domain file, datasheet."""
+        """Stage 6: grouped 8:2 split, leakage filter, test labels, out-of-domain files, datasheet."""
         self._run("split")
 
     def build(self) -> None:

@@ -31,6 +31,15 @@ def _table(counts: dict[str, dict[str, int]], available: dict[str, int], organs:
     return "\n".join(rows)
 
 
+def _ood_table(counts: dict[str, dict[str, int]], available: dict[str, int]) -> str:
+    test, train = counts.get("ood_test", {}), counts.get("ood_train", {})
+    rows = ["| branch | ood_test | ood_train | available for ood_train |", "|---|---:|---:|---:|"]
+    for branch in sorted(set(test) | set(train) | set(available)):
+        rows.append(f"| {branch} | {test.get(branch, 0)} | {train.get(branch, 0)} | {available.get(branch, 0)} |")
+    rows.append(f"| **all** | {sum(test.values())} | {sum(train.values())} | {sum(available.values())} |")
+    return "\n".join(rows)
+
+
 def _dropped(dropped: dict[str, dict[str, int]]) -> str:
     lines = []
     for stage, reasons in dropped.items():
@@ -55,6 +64,9 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
     sources = cfg["retrieve"]["sources"]
     target = int(cfg["split"]["texts_per_organ"])
     ood = counts.get("ood_test", {})
+    ood_train = counts.get("ood_train", {})
+    hcfg = cfg["retrieve"].get("hpo", {})
+    train_only = sorted(b for b in (hcfg.get("ood_train_roots") or {}) if b not in ood)
     parts = [
         "# Med-SORA symptom corpus: datasheet",
         "",
@@ -67,6 +79,9 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "- `test.jsonl`: as train plus `labels` (all organs the text points to, primary first).",
         f"- `ood_test.jsonl`: {sum(ood.values())} non-abdominal symptom texts (`labels` empty) for "
         "out-of-domain rejection, by HPO branch: " + ", ".join(f"{b} {n}" for b, n in ood.items()) + ".",
+        f"- `ood_train.jsonl`: {sum(ood_train.values())} non-abdominal symptom texts, fields as ood_test, for "
+        "training and calibrating an out-of-domain detector; disjoint by group (HPO term) from ood_test, so "
+        "the two share no text. Never train or calibrate on ood_test.",
         "- `summary.json`: the counts below in machine-readable form.",
         "",
         "## Sources and licences",
@@ -92,6 +107,22 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         _short(target, counts, organs),
         f"Test texts with more than one label: {summary.get('test_multi_label')}.",
+        "",
+        "## Out-of-domain texts",
+        "Each out-of-domain text phrases one HPO term of a non-abdominal branch (its group is the term). "
+        f"ood_test takes texts of the (up to) {hcfg.get('ood_terms_per_branch')} most annotated terms of each "
+        "test branch, round-robin over branches in a seeded order of terms. ood_train takes, the same "
+        f"way and up to {cfg['split'].get('ood_train_texts') or 0} texts, the rest of those terms (none that "
+        f"ood_test uses) and up to {hcfg.get('ood_train_terms_per_branch') or 0} further terms per branch, "
+        + (f"including the training-only branches {', '.join(train_only)}; " if train_only else "")
+        + "these further terms avoid the organ texts' presenting findings and the terms above them "
+        "(e.g. increased blood pressure, bleeding, oedema, fatigue). Both drop texts that name an organ "
+        "(the leakage filter below); ood_train also drops texts that name an abdominal or pelvic region "
+        "(e.g. flank, groin or rectal pain, costovertebral angle tenderness), which are organ symptoms, "
+        "not out of domain. ood_test keeps them as published (a few pain texts); \"available\" counts "
+        "what was left for ood_train after these filters.",
+        "",
+        _ood_table(counts, summary.get("ood_train_available", {})),
         "",
         "## What the filters dropped",
         _dropped(summary["dropped"]),
@@ -124,7 +155,9 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "- Multi-labels come from a rule on annotations, not from clinicians' review; organs with "
         "many annotated diseases (liver, kidney) are added more often.",
         "- Out-of-domain texts are the most annotated HPO terms of non-abdominal branches, so "
-        "congenital and syndromic findings are frequent among them.",
+        "congenital and syndromic findings are frequent among them; ood_train's further terms are "
+        "less annotated (some respiratory and skin ones are measurements or rare lesions), and its "
+        "training-only branches have no counterpart in ood_test.",
         "",
     ]
     return "\n".join(parts)

@@ -47,6 +47,7 @@ def text_record(chunk: dict[str, Any], text: str, content: str, findings: list[d
         "group": chunk["group"],
         "branch": chunk.get("branch"),
         "provenance": {**chunk["provenance"], "title": chunk["title"], **method},
+        **({"reserved_for": chunk["reserved_for"]} if chunk.get("reserved_for") else {}),
     }
 
 

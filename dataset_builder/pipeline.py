@@ -4,7 +4,7 @@ Layout of an output directory:
     stages/01_retrieved.jsonl .. 05_dedup.jsonl   each stage's output, the next one's input
     stages/<stage>.stats.json                      each stage's counts
     cache/llm/                                     LLM request/response cache (LLM mode)
-    train.jsonl, test.jsonl, ood_test.jsonl, summary.json, DATASHEET.md
+    train.jsonl, test.jsonl, ood_test.jsonl, ood_train.jsonl, summary.json, DATASHEET.md
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def write_summary(cfg: dict[str, Any], out: str) -> dict[str, Any]:
         "counts": stats.get("split", {}).get("counts", {}),
         "test_multi_label": stats.get("split", {}).get("test_multi_label"),
         "available_after_dedup": stats.get("split", {}).get("available_after_dedup", {}),
+        "ood_train_available": stats.get("split", {}).get("ood_train_available", {}),
         "dropped": {
             "filter": stats.get("filter", {}).get("dropped", {}),
             "generate": stats.get("generate", {}).get("dropped", {}),

@@ -47,6 +47,9 @@ def run(cfg: dict[str, Any], out_path: str) -> dict[str, Any]:
         if not got:
             log.warning("[retrieve] source %s gave no records", source)
         records += got
+    # Records reserved for ood_train.jsonl go last: dedup keeps the first of two duplicates, so they can
+    # only ever be dropped themselves, never displace a text of train, test or ood_test.
+    records.sort(key=lambda r: bool(r.get("reserved_for")))
     write_jsonl(out_path, records)
-    counts = Counter(f"{r['source']}/{r['organ'] or r['domain']}" for r in records)
+    counts = Counter(f"{r['source']}/{r.get('reserved_for') or r['organ'] or r['domain']}" for r in records)
     return {"records": len(records), "by_source_organ": dict(counts)}

@@ -5,6 +5,13 @@ assigned to one split for the whole corpus, so paraphrases of one source never s
 test, even across organs. Test groups are chosen first, from texts that pass the leakage filter,
 the groups whose findings point most strongly to the organ first; within a split, texts are
 taken round-robin over groups so that as many sources as possible appear.
+
+Out-of-domain (non-abdominal) texts that pass the same leakage filter are taken round-robin over
+their branches: ood_test first, from the records not reserved for training; then ood_train, for
+training and calibrating an out-of-domain detector, from the groups ood_test does not use (so the
+two share no HPO term, hence no text) and the records reserved for it, without the texts that name
+an abdominal or pelvic region (`ood_train_exclude_patterns`: a detector must not learn that flank
+or groin pain is out of domain).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ def informative(texts: list[dict[str, Any]]) -> float:
 
 
 def split(records: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
-    """train, test and ood_test records plus the counts of what was left out and why."""
+    """train, test, ood_test and ood_train records plus the counts of what was left out and why."""
     scfg = cfg["split"]
     leaks = leakage_regex(scfg["leakage_patterns"]) if scfg["leakage_filter"] else None
     min_lift = float(scfg["test_min_lift"])
@@ -52,7 +59,7 @@ def split(records: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[dict[str,
         if r["domain"] == "organ":
             by_organ[r["organ"]][r["group"]].append(r)
     test_groups: set[str] = set()
-    out: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "ood_test": []}
+    out: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "ood_test": [], "ood_train": []}
     dropped: Counter[str] = Counter()
     available = {o: sum(map(len, by_organ[o].values())) for o in cfg["organs"]}
     targets = {}
@@ -85,17 +92,30 @@ def split(records: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[dict[str,
         picked = round_robin(pool, targets[organ][0])
         dropped["over the per-organ cap"] += sum(map(len, pool)) - len(picked)
         out["train"] += picked
-    ood = defaultdict(list)
+    ood: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    reserved: dict[str, list[dict[str, Any]]] = defaultdict(list)  # for ood_train only
     for r in records:
         if r["domain"] == "ood":
             if leaks and leaks.search(r["text"]):
                 dropped["leakage (ood names an organ)"] += 1
             else:
-                ood[r["branch"]].append(r)
-    out["ood_test"] = round_robin([sorted(ood[b], key=lambda r: order(r["group"])) for b in sorted(ood)],
-                                  int(scfg["ood_texts"]))
-    return out, {"available_after_dedup": available, "dropped": dict(sorted(dropped.items())),
-                 "test_groups": len(test_groups)}
+                (reserved if r.get("reserved_for") else ood)[r["branch"]].append(r)
+    by_group = lambda texts: sorted(texts, key=lambda r: order(r["group"]))  # noqa: E731
+    out["ood_test"] = round_robin([by_group(ood[b]) for b in sorted(ood)], int(scfg["ood_texts"]))
+    held_out = {r["group"] for r in out["ood_test"]}
+    near = scfg.get("ood_train_exclude_patterns") or []
+    near_abdomen = re.compile("|".join(near), re.IGNORECASE) if near else None
+    pool: dict[str, list[dict[str, Any]]] = {}
+    for b in sorted(set(ood) | set(reserved)):
+        pool[b] = [r for r in ood.get(b, []) + reserved.get(b, []) if r["group"] not in held_out]
+        if near_abdomen:
+            kept = [r for r in pool[b] if not near_abdomen.search(r["text"])]
+            dropped["abdominal or pelvic region (ood_train)"] += len(pool[b]) - len(kept)
+            pool[b] = kept
+    out["ood_train"] = round_robin([by_group(pool[b]) for b in pool], int(scfg.get("ood_train_texts") or 0))
+    dropped["ood_train surplus"] += sum(map(len, pool.values())) - len(out["ood_train"])
+    return out, {"available_after_dedup": available, "ood_train_available": {b: len(pool[b]) for b in pool},
+                 "dropped": dict(sorted(dropped.items())), "test_groups": len(test_groups)}
 
 
 def project(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -104,15 +124,16 @@ def project(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def run(cfg: dict[str, Any], in_path: str, out_dir: str) -> dict[str, Any]:
-    """Write train.jsonl, test.jsonl and ood_test.jsonl; returns counts per organ and split."""
+    """Write train, test, ood_test and ood_train.jsonl; returns counts per organ (per branch for ood) and split."""
     import os
 
     parts, info = split(read_jsonl(in_path), cfg)
-    keys = {"train": TRAIN_KEYS, "test": TEST_KEYS, "ood_test": OOD_KEYS}
+    keys = {"train": TRAIN_KEYS, "test": TEST_KEYS, "ood_test": OOD_KEYS, "ood_train": OOD_KEYS}
     for name, records in parts.items():
         write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), (project(r, keys[name]) for r in records))
     counts = {name: dict(Counter(r["organ"] for r in parts[name])) for name in ("train", "test")}
     counts = {name: {o: counts[name].get(o, 0) for o in cfg["organs"]} for name in counts}
-    counts["ood_test"] = dict(sorted(Counter(r["branch"] for r in parts["ood_test"]).items()))
+    for name in ("ood_test", "ood_train"):
+        counts[name] = dict(sorted(Counter(r["branch"] for r in parts[name]).items()))
     multi = sum(len(r["labels"]) > 1 for r in parts["test"])
     return {"counts": counts, "test_multi_label": multi, **info}

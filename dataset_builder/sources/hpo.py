@@ -171,23 +171,45 @@ def retrieve_hpo(cfg: dict[str, Any], progress: Any = None) -> list[dict[str, An
 
 
 def _ood_records(index: HPOIndex, cfg: dict[str, Any], read_at: str, ver: str) -> list[dict[str, Any]]:
-    """Common non-abdominal complaints: the most annotated terms of each out-of-domain branch."""
+    """Common non-abdominal complaints: the most annotated terms of each out-of-domain branch.
+
+    Then, for ood_train.jsonl only (`reserved_for: ood_train`), the next terms of those branches and
+    the terms of the training-only branches (`ood_train_roots`). These also avoid every presenting
+    finding of the organ texts (`presentation_roots`, their terms and the terms above them, e.g.
+    "Increased blood pressure"), so an out-of-domain detector is not taught that a symptom of an
+    abdominal organ is out of domain. They are taken after all others, so they never change which
+    terms the first pass (and so ood_test.jsonl) gets.
+    """
     hcfg = cfg["retrieve"]["hpo"]
     abdominal = set().union(*index.branch.values(), *(index.enriched(o) for o in index.organs))
     abdominal |= descendants(index.ontology, ["HP:0025031", "HP:0000119", "HP:0001438"])
     taken: set[int] = set()
-    records = []
-    for branch, roots in hcfg["ood_roots"].items():
+
+    def take(branch: str, roots: list[str], n: int, avoid: set[int], **extra: Any) -> list[dict[str, Any]]:
         candidates = [t for t in descendants(index.ontology, roots)
-                      if t not in abdominal and t not in taken and not is_grouping(index.ontology[t].name)
+                      if t not in avoid and t not in taken and not is_grouping(index.ontology[t].name)
                       and not is_structural(index.ontology[t])]
         candidates.sort(key=lambda t: (-len(index.ontology[t].omim_diseases), t))
-        for term_id in candidates[: int(hcfg["ood_terms_per_branch"])]:
+        out = []
+        for term_id in candidates[:n]:
             taken.add(term_id)
             term = index.ontology[term_id]
             finding = index.finding(term_id)
-            records.append(_record(None, "term", term.id, term.name, clean_definition(term.definition),
-                                   [finding], term.id, read_at, ver, domain="ood", branch=branch))
+            out.append(_record(None, "term", term.id, term.name, clean_definition(term.definition),
+                               [finding], term.id, read_at, ver, domain="ood", branch=branch, **extra))
+        return out
+
+    records = []
+    for branch, roots in hcfg["ood_roots"].items():
+        records += take(branch, roots, int(hcfg["ood_terms_per_branch"]), abdominal)
+    n_train = int(hcfg.get("ood_train_terms_per_branch") or 0)
+    if n_train:
+        presenting = {int(p) for root in hcfg["presentation_roots"]
+                      for p in index.ontology.get_hpo_object(root).all_parents}
+        avoid = abdominal | index.presentation | presenting
+        for branches in (hcfg["ood_roots"], hcfg.get("ood_train_roots") or {}):
+            for branch, roots in branches.items():
+                records += take(branch, roots, n_train, avoid, reserved_for="ood_train")
     return records
 
 

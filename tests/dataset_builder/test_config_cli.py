@@ -39,3 +39,17 @@ def test_cli_reports_stage_errors_without_traceback(tmp_path: Any) -> None:
     assert result.returncode == 1
     assert "error: [dedup]" in result.stderr and "04_generated.jsonl does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ood_train_is_published_and_compared(tmp_path: Any) -> None:
+    from dataset_builder.reproduce import PUBLISHED, compare
+
+    assert "ood_train.jsonl" in PUBLISHED and "ood_test.jsonl" in PUBLISHED
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        for name in PUBLISHED:
+            (folder / name).write_text("same\n")
+    assert compare(str(a), str(b)) == []
+    (b / "ood_train.jsonl").write_text("other\n")
+    assert compare(str(a), str(b)) == ["ood_train.jsonl"]

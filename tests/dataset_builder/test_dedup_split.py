@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from dataset_builder.dedup import deduplicate
@@ -92,3 +93,58 @@ def test_label_rule_primary_first_then_canonical_order() -> None:
                 {"hpo_id": "HP:2", "organs": [], "n_diseases": 2, "disease_share": {"stomach": 1.0}}]
     assert organ_labels("gallbladder", findings, 0.6, 5) == ["gallbladder", "liver", "spleen"]
     assert organ_labels("liver", [], 0.6, 5, ["adrenal_gland", "liver"]) == ["liver", "adrenal_gland"]
+
+
+def ood(i: int, branch: str, text: str | None = None, group: str | None = None, reserved: bool = False) -> dict[str, Any]:
+    r = {"id": f"o{i}", "text": text or f"Complaint number {i} of the {branch}.", "organ": None, "domain": "ood",
+         "labels": [], "branch": branch, "source": "hpo", "group": group or f"HP:{i:07d}",
+         "provenance": {"source": "hpo", "identifier": group or f"HP:{i:07d}"}}
+    return {**r, "reserved_for": "ood_train"} if reserved else r
+
+
+def ood_corpus() -> list[dict[str, Any]]:
+    """Three test branches of 12 terms (every fourth term said twice, one naming an organ), and reserved
+    training-only terms of those branches and of one training-only branch (one naming a region)."""
+    out, i = [], 0
+    for branch in ("ear", "eye", "skin"):
+        for g in range(12):
+            group = f"HP:{branch}{g}"
+            out.append(ood(i, branch, f"Enlarged liver on exam ({i})." if (branch, g) == ("skin", 1) else None, group))
+            i += 1
+            if g % 4 == 0:
+                out.append(ood(i, branch, f"Paraphrase {i} of {group}.", group))
+                i += 1
+    for branch in ("ear", "skin", "voice", "voice"):
+        for _ in range(5):
+            out.append(ood(i, branch, reserved=True))
+            i += 1
+    return out + [ood(i, "skin", "Flank pain on the left.", reserved=True)]
+
+
+def test_ood_train_is_disjoint_from_ood_test_and_filtered(cfg: dict[str, Any]) -> None:
+    cfg["split"].update({"ood_texts": 9, "ood_train_texts": 24})
+    parts, info = split(ood_corpus(), cfg)
+    test, train = parts["ood_test"], parts["ood_train"]
+    assert len(test) == 9 and len(train) == 24
+    assert not {r["group"] for r in test} & {r["group"] for r in train}, "an HPO term straddles ood_test and ood_train"
+    assert not {r["text"] for r in test} & {r["text"] for r in train}
+    leaks = leakage_regex(cfg["split"]["leakage_patterns"])
+    assert not [r["text"] for r in test + train if leaks.search(r["text"])], "leakage filter applies to both"
+    assert not [r["text"] for r in train if "Flank" in r["text"]], "ood_train drops abdominal regions"
+    assert all(not r.get("reserved_for") for r in test), "reserved records only go to ood_train"
+    assert {r["branch"] for r in train} == {"ear", "eye", "skin", "voice"}
+    assert Counter(r["branch"] for r in train) == {"ear": 6, "eye": 6, "skin": 6, "voice": 6}, "round-robin"
+    assert info["dropped"]["leakage (ood names an organ)"] == 1
+    assert info["dropped"]["abdominal or pelvic region (ood_train)"] == 1
+    assert sum(info["ood_train_available"].values()) == 24 + info["dropped"]["ood_train surplus"]
+
+
+def test_ood_train_does_not_change_ood_test(cfg: dict[str, Any]) -> None:
+    cfg["split"].update({"ood_texts": 9, "ood_train_texts": 1000})
+    records = ood_corpus()
+    parts, info = split(records, cfg)
+    without, _ = split([r for r in records if not r.get("reserved_for")], cfg)
+    assert without["ood_test"] == parts["ood_test"], "reserved records must not change ood_test"
+    assert len(parts["ood_train"]) == sum(info["ood_train_available"].values()), "capped by what is available"
+    cfg["split"]["ood_train_texts"] = 0
+    assert split(records, cfg)[0]["ood_train"] == []

@@ -13,7 +13,7 @@ import pytest
 from dataset_builder import ORGANS
 from dataset_builder.io import dumps, read_jsonl, write_jsonl
 from dataset_builder.pipeline import run_stage, stage_path
-from dataset_builder.split import TEST_KEYS, TRAIN_KEYS, project
+from dataset_builder.split import OOD_KEYS, TEST_KEYS, TRAIN_KEYS, leakage_regex, project
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "dataset_builder", "corpus")
 
@@ -38,6 +38,32 @@ def test_retrieve_covers_every_organ_with_provenance(records: list[dict[str, Any
     assert re.fullmatch(r"OMIM:\d+", disease["group"]) and disease["anchors"] >= 1
     ood = [r for r in records if r["domain"] == "ood"]
     assert len({r["branch"] for r in ood}) >= 6 and all(r["organ"] is None for r in ood)
+
+
+def test_ood_train_records_are_new_terms_retrieved_last(records: list[dict[str, Any]]) -> None:
+    """The terms reserved for ood_train come after every other record (so dedup never lets them displace
+    one) and leave the ood_test pool exactly as without them."""
+    import copy
+
+    from dataset_builder.config import DEFAULT_CONFIG as CONFIG, load_config
+    from dataset_builder.sources.hpo import HPOIndex, _ood_records
+
+    reserved = [i for i, r in enumerate(records) if r.get("reserved_for")]
+    assert reserved == list(range(len(records) - len(reserved), len(records))) and len(reserved) > 300
+    extra = [records[i] for i in reserved]
+    pool = [r for r in records if r["domain"] == "ood" and not r.get("reserved_for")]
+    assert all(r["domain"] == "ood" and r["reserved_for"] == "ood_train" for r in extra)
+    assert not {r["group"] for r in pool} & {r["group"] for r in extra}
+    assert len({r["group"] for r in pool + extra}) == len(pool) + len(extra)
+    cfg = load_config(CONFIG)
+    assert set(cfg["retrieve"]["hpo"]["ood_train_roots"]) <= {r["branch"] for r in extra}
+    titles = {r["title"] for r in extra}
+    assert not titles & {"Increased blood pressure", "Hypertension", "Fatigue", "Edema", "Internal hemorrhage"}, \
+        "training-only terms avoid the organ texts' presenting findings and the terms above them"
+    without = copy.deepcopy(cfg)
+    without["retrieve"]["hpo"]["ood_train_terms_per_branch"] = 0
+    again = _ood_records(HPOIndex(without), without, cfg["packaged_sources_read_at"], pool[0]["provenance"]["version"])
+    assert again == pool, "the ood_test pool must not depend on the ood_train terms"
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +112,10 @@ def test_shipped_corpus_shape() -> None:
     train = read_jsonl(os.path.join(SHIPPED, "train.jsonl"))
     test = read_jsonl(os.path.join(SHIPPED, "test.jsonl"))
     ood = read_jsonl(os.path.join(SHIPPED, "ood_test.jsonl"))
+    ood_train = read_jsonl(os.path.join(SHIPPED, "ood_train.jsonl"))
     assert not {r["group"] for r in train} & {r["group"] for r in test}
-    assert len({r["id"] for r in train + test + ood}) == len(train) + len(test) + len(ood)
+    everything = train + test + ood + ood_train
+    assert len({r["id"] for r in everything}) == len(everything)
     assert all(r["labels"][0] == r["organ"] and set(r["labels"]) <= set(ORGANS) for r in test)
     assert all(r["labels"] == [] for r in ood) and len(ood) >= 100
     for organ in ORGANS:
@@ -95,3 +123,27 @@ def test_shipped_corpus_shape() -> None:
         n_test = sum(r["organ"] == organ for r in test)
         assert n_train <= 160 and n_test <= 40 and n_test > 0, organ
     assert os.path.exists(os.path.join(SHIPPED, "DATASHEET.md"))
+
+
+def test_shipped_ood_train_is_disjoint_from_ood_test_and_balanced(cfg: dict[str, Any]) -> None:
+    import json
+
+    ood_test = read_jsonl(os.path.join(SHIPPED, "ood_test.jsonl"))
+    ood_train = read_jsonl(os.path.join(SHIPPED, "ood_train.jsonl"))
+    summary = json.load(open(os.path.join(SHIPPED, "summary.json"), encoding="utf-8"))
+    assert not {r["group"] for r in ood_test} & {r["group"] for r in ood_train}, "an HPO term straddles the two"
+    assert not {r["text"] for r in ood_test} & {r["text"] for r in ood_train}
+    leaks = leakage_regex(cfg["split"]["leakage_patterns"])
+    assert not [r["text"] for r in ood_train if leaks.search(r["text"])], "ood_train names an organ"
+    near = re.compile("|".join(cfg["split"]["ood_train_exclude_patterns"]), re.IGNORECASE)
+    assert not [r["text"] for r in ood_train if near.search(r["text"])], "ood_train names an abdominal region"
+    assert all(tuple(sorted(r)) == tuple(sorted(OOD_KEYS)) for r in ood_train)
+    assert all(r["labels"] == [] and r["domain"] == "ood" and r["source"] == "hpo" for r in ood_train)
+    available = summary["ood_train_available"]
+    assert len(ood_train) == min(int(cfg["split"]["ood_train_texts"]), sum(available.values())) == 600
+    counts = Counter(r["branch"] for r in ood_train)
+    assert counts == summary["counts"]["ood_train"]
+    assert set(cfg["retrieve"]["hpo"]["ood_train_roots"]) <= set(counts), "training-only branches are used"
+    top = max(counts.values())
+    for branch, n in counts.items():  # round-robin: a branch below the top has given all it had
+        assert n >= top - 1 or n == available[branch], branch
