@@ -4,6 +4,7 @@
 """Med-SORA bundle code: only what MONAI lacks, one module per paper stage; the configs wire it."""
 
 from . import (
+    alignment,
     atomic_io,
     config_check,
     datalist,
@@ -11,8 +12,17 @@ from . import (
     evaluation,
     losses,
     networks,
+    organ_display,
     organ_masking,
     phantom,
     pretrained,
+    query,
+    retrieval_metrics,
     slice_sampling,
+    soft_labels,
+    text_data,
+    text_encoders,
+    text_evaluation,
+    text_model,
+    training_history,
 )

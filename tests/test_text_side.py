@@ -1,0 +1,182 @@
+"""The text half trained for real on the shipped corpus (short schedules), then queried the way users query it."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
+from scripts import phantom
+from scripts.alignment import AlignmentInfoNCELoss
+from scripts.query import MAX_TEXT_CHARS
+from scripts.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels
+from scripts.text_encoders import HFTextEncoder
+
+TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
+ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+SHORT = ["--anchor_epochs", "20", "--text_epochs", "20", "--gate_epochs", "20",
+         "--align_epochs", "10"]  # fmt: skip
+
+
+def run_bundle(*args):
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
+    )
+    return result
+
+
+def check(result):
+    if result.returncode != 0:
+        raise AssertionError(f"bundle run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny image network on five phantom CTs, then every text stage on the shipped corpus."""
+    root = tmp_path_factory.mktemp("text_run")
+    dirs = {"phantom_dir": root / "phantom", "ckpt_dir": root / "models", "output_dir": root / "eval"}
+    common = [x for k, v in dirs.items() for x in (f"--{k}", str(v))]
+    image = ["--phantom#num_cases", "5", "--phantom#num_validation", "1", "--epochs", "3", "--batch_size", "2"]
+    check(run_bundle("run", "training", "--config_file", TRAIN, *common, *image))
+    text_configs = str([TRAIN, TEXT])
+    extra = ["--text_cache_dir", str(root / "cache"), *SHORT]
+    log = check(run_bundle("run", "train_text", "--config_file", text_configs, *common, *image, *extra))
+    return {"root": root, "common": common, "log": log.stdout + log.stderr, **dirs}
+
+
+def query(trained, *args):
+    return run_bundle("run", "query", "--config_file", INFERENCE, "--ckpt_dir", str(trained["ckpt_dir"]),
+                      "--output_dir", str(trained["output_dir"]), *args)  # fmt: skip
+
+
+def test_every_stage_writes_its_file(trained):
+    for name in ("text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt"):
+        assert (trained["ckpt_dir"] / name).is_file(), name
+    history = json.loads((trained["output_dir"] / "text_training" / "anchors_loss.json").read_text())
+    assert len(history["epoch_loss"]) == 20 and history["epoch_loss"][-1] < history["epoch_loss"][0]
+    metrics = json.loads((trained["output_dir"] / "text_metrics.json").read_text())
+    for split in ("validation", "test"):
+        for model in ("Med-SORA", "text head only", "zero-shot (organ name)"):
+            report = metrics[split][model]
+            assert 0.0 <= report["Rank-1"] <= report["Rank-2"] <= report["Rank-3"] <= 1.0
+        assert 0.5 < metrics[split]["out-of-domain"]["AUROC"] <= 1.0
+
+
+def test_soft_labels_point_to_the_right_organ(trained):
+    encoder = HFTextEncoder()
+    anchors = load_anchors(str(trained["ckpt_dir"] / "text_anchors.pt"), encoder.dim, 7)
+    unambiguous = {
+        "liver": "Yellowing of the skin and eyes with dark urine and an enlarged tender liver edge.",
+        "kidney": "Blood in the urine with flank pain and reduced urine output.",
+        "stomach": "Vomiting blood and burning pain in the upper stomach after meals.",
+    }
+    labels = soft_labels(anchors, torch.as_tensor(encoder.encode(list(unambiguous.values()))))
+    assert labels.min() >= 0.0 and labels.max() <= 1.0
+    for row, organ in enumerate(unambiguous):
+        assert ORGANS[int(labels[row].argmax())] == organ, (organ, labels[row])
+
+
+def test_query_file_contract(trained, tmp_path):
+    lines = [
+        json.dumps({"text": "jaundice, dark urine and pale stools", "id": 7, "meta": {"ward": "A"}}),
+        "not json at all",
+        json.dumps({"id": 9}),
+        json.dumps({"text": "   "}),
+        json.dumps({"text": 42}),
+        json.dumps(["text"]),
+        None,  # invalid UTF-8, written as bytes below
+        json.dumps({"text": "x" * (MAX_TEXT_CHARS + 1)}),
+        json.dumps({"text": "sprained left knee after a football tackle, swelling over the joint"}),
+    ]
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(b"\n".join(b"\xff\xfe broken" if line is None else line.encode() for line in lines) + b"\n")
+    out = tmp_path / "answers.jsonl"
+    check(query(trained, "--queries_file", str(queries), "--output_file", str(out)))
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(answers) == len(lines)
+    first, knee = answers[0], answers[-1]
+    assert first["id"] == 7 and first["meta"] == {"ward": "A"} and first["text"].startswith("jaundice")
+    for answer in (first, knee):
+        assert list(answer["scores"]) == ORGANS
+        assert all(0.0 <= s <= 1.0 for s in answer["scores"].values())
+        assert answer["ranking"] == sorted(ORGANS, key=lambda o: (-answer["scores"][o], ORGANS.index(o)))
+        assert isinstance(answer["in_domain"], bool) and "error" not in answer
+    assert first["in_domain"] and not knee["in_domain"]
+    assert max(knee["scores"].values()) < max(first["scores"].values())
+    errors = [a.get("error", "") for a in answers[1:-1]]
+    assert "not JSON" in errors[0]
+    assert "no 'text'" in errors[1] and answers[2]["id"] == 9
+    assert "empty" in errors[2]
+    assert "must be a string" in errors[3]
+    assert "expected an object" in errors[4]
+    assert "UTF-8" in errors[5]
+    assert "characters long" in errors[6]
+    assert all("scores" not in a for a in answers[1:-1])
+
+
+def test_single_text_prints_a_ranking(trained):
+    result = check(query(trained, "--text", "vomiting blood and black tarry stools"))
+    assert "abdominal: yes" in result.stdout
+    ranked = [line.split()[1] for line in result.stdout.splitlines() if re.match(r"\s*[1-7]\. ", line)]
+    assert sorted(ranked) == sorted(ORGANS)
+
+
+def test_query_on_a_patient_ct_writes_probability_maps(trained, tmp_path):
+    phantom.generate_phantom_dataset(str(tmp_path / "ct"), num_cases=1, num_validation=0, seed=11)
+    items = json.loads((tmp_path / "ct" / "dataset_0.json").read_text())["training"][0]
+    image, label = str(tmp_path / "ct" / items["image"]), str(tmp_path / "ct" / items["label"])
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "painless jaundice and weight loss"}) + "\n")
+    out = tmp_path / "answers.jsonl"
+    check(query(trained, "--queries_file", str(queries), "--output_file", str(out), "--image", image, "--label", label,
+                "--maps_dir", str(tmp_path / "maps")))  # fmt: skip
+    answer = json.loads(out.read_text())
+    prob = nib.load(answer["probability_map"])
+    labels = nib.load(label)
+    np.testing.assert_allclose(prob.affine, labels.affine, atol=1e-5)
+    values, ids = prob.get_fdata(), np.rint(labels.get_fdata()).astype(int)
+    assert np.allclose(values[ids == 6], answer["scores"]["liver"], atol=1e-6)
+    assert np.allclose(values[np.isin(ids, [2, 3])], answer["scores"]["kidney"], atol=1e-6)
+    assert np.all(values[np.isin(ids, [0, 5, 8, 9, 10])] == 0.0)
+    assert open(answer["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert answer["absent_organs"] == []
+
+
+def test_missing_weights_name_the_file_and_the_command(tmp_path):
+    result = run_bundle("run", "query", "--config_file", INFERENCE, "--ckpt_dir", str(tmp_path), "--text", "nausea")
+    assert result.returncode != 0
+    assert "alignment.pt not found" in result.stderr and "run train_text" in result.stderr
+
+
+def test_anchor_margin_loss_matches_the_papers_formula():
+    # one text of organ 0, two organs, m = 0.8: s+ = [0.5, 0.3], s- = [0.1, 0.6]
+    sims = torch.tensor([[[0.5, 0.3], [0.1, 0.6]]])
+    loss = AnchorMarginLoss(0.8)(sims, torch.tensor([0]))
+    # organ 0 (P): max(0, .8-.5) + max(0, .1-.2) = 0.3; organ 1 (N): max(0, .8-.6) + max(0, .3-.2) = 0.3
+    # organ 0 has no negative and organ 1 no positive text here: mean over organs of (0.3 + 0) and (0 + 0.3)
+    assert float(loss) == pytest.approx(0.3)
+    anchors = OrganAnchors(4, 2)
+    assert anchors(torch.randn(3, 4)).shape == (3, 2, 2)
+
+
+def test_infonce_prefers_the_matching_organ():
+    matched = torch.eye(3)[None] * 0.9
+    shuffled = matched[:, [1, 2, 0]]
+    loss = AlignmentInfoNCELoss(0.1, ["image_to_text", "text_to_image"])
+    target = torch.arange(3)[None]
+    assert float(loss(matched, target)) < 0.01 < float(loss(shuffled, target))
+
+
+def test_inference_builds_the_text_model_the_text_stages_train():
+    import yaml
+
+    shared = ["text_encoder_def", "text_embedding_dim", "text_model_def", "domain_gate_def", "aligner_def"]
+    text, inference = (yaml.safe_load(open(path)) for path in (TEXT, INFERENCE))
+    assert {k: inference[k] for k in shared} == {k: text[k] for k in shared}
