@@ -97,9 +97,9 @@ def test_bundle_checks_pass():
 def test_inference_config_builds_the_trained_network_and_preprocessing():
     """inference.yaml stands alone (model-zoo style); its copies of train.yaml's blocks must not drift."""
     train, inference = (yaml.safe_load(open(f)) for f in (TRAIN, INFERENCE))
-    shared = ["organ_labels", "known_labels", "num_classes", "pixdim", "hu_window", "organ_margin", "num_slices",
-              "slice_size", "volume_size", "vit_2d_def", "pretrained_2d", "vit_2d", "vit_3d", "fusion", "network_def",
-              "load_transforms", "sample_slices"]  # fmt: skip
+    shared = ["label_convention", "label_conventions", "label_ids", "organ_labels", "known_labels", "num_classes",
+              "pixdim", "hu_window", "organ_margin", "num_slices", "slice_size", "volume_size", "vit_2d_def",
+              "pretrained_2d", "vit_2d", "vit_3d", "fusion", "network_def", "load_transforms", "sample_slices"]  # fmt: skip
     assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
 
 
@@ -109,7 +109,7 @@ def test_metadata_describes_the_network():
     parser.read_config(TRAIN)
     image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
     assert image["spatial_shape"] == parser.get_parsed_content("volume_size")
-    assert pred["spatial_shape"] == [parser["num_slices"], len(parser["organ_labels"])]
+    assert pred["spatial_shape"] == [parser["num_slices"], len(parser.get_parsed_content("organ_labels"))]
     assert meta["version"] in meta["changelog"]
 
 

@@ -172,25 +172,3 @@ def test_empty_mask_is_an_error_naming_the_organ():
     with pytest.raises(ValueError, match="spleen.*empty"):
         SampleSlicesd(keys=["image", "mask"], num_slices=4, spatial_size=4)(data)
 
-
-def test_totalsegmentator_label_file_maps_its_ids(tmp_path):
-    """The shipped TotalSegmentator mapping, merged over train.yaml, selects the same organs from its ids."""
-    from monai.bundle import ConfigParser
-
-    from bundle_paths import CONFIGS, TRAIN
-
-    parser = ConfigParser()
-    parser.read_config([TRAIN, f"{CONFIGS}/labels/totalsegmentator.yaml"])
-    btcv_to_total = {6: 5, 11: 7, 2: 2, 3: 3, 4: 4, 1: 1, 7: 6, 12: 8, 13: 9, 8: 52}  # 52: aorta in TotalSegmentator
-    label = boxes_label_map()
-    total = np.zeros_like(label)
-    for btcv, ts in btcv_to_total.items():
-        total[label == btcv] = ts
-    transform = OrganMaskd(
-        keys="image", organ_labels=parser["organ_labels"], known_labels=parser.get_parsed_content("known_labels"), margin=1
-    )
-    samples = transform(load(write_case(tmp_path, total)))
-    reference = mask_organs(write_case(tmp_path, label, name="btcv"))
-    assert [s["organ"] for s in samples] == [s["organ"] for s in reference] == list(BTCV_ORGANS)
-    for ours, theirs in zip(samples, reference):
-        torch.testing.assert_close(ours["mask"].as_tensor(), theirs["mask"].as_tensor())

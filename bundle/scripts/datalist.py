@@ -4,6 +4,7 @@
 """Datasets in the BTCV layout (``dataset_0.json`` + ``imagesTr`` + ``labelsTr``), checked before any training starts.
 
 Checking file headers up front turns a bad case found hours into a run into an error naming the file at start-up.
+Images and label maps may be NIfTI files or DICOM series directories (one series per directory, read by ITK).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.data import load_decathlon_datalist
+from monai.data import ITKReader, load_decathlon_datalist
 
 from . import phantom
 
-__all__ = ["prepare_dataset", "load_datalist", "case_datalist", "check_pair"]
+__all__ = ["prepare_dataset", "load_datalist", "case_datalist", "check_pair", "image_grid"]
 
 DATALIST_NAME = "dataset_0.json"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -55,16 +56,49 @@ def _header(path: str) -> nib.spatialimages.SpatialImage:
         raise ValueError(f"{path} is not a readable NIfTI image: {e}") from e
 
 
+def _dicom_grid(path: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape and voxel-to-RAS affine of the DICOM series in directory ``path``, read as ``LoadImaged`` does.
+
+    MONAI's ``ITKReader`` is the reader ``LoadImage`` picks for a directory; it reads the first series in the
+    directory, sorts the slices by position and converts the LPS geometry to RAS.
+    """
+    reader = ITKReader()
+    try:
+        _, meta = reader.get_data(reader.read(path))
+    except Exception as e:  # ITK and MONAI raise several types for directories without a readable series
+        raise ValueError(f"{path} is a directory but holds no DICOM series that ITK can read: {e}") from e
+    return tuple(int(n) for n in meta["spatial_shape"][:3]), np.asarray(meta["affine"], dtype=np.float64)
+
+
+def image_grid(path: str) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """Spatial shape and voxel-to-RAS affine of a NIfTI file (header only) or a DICOM series directory.
+
+    Returns ``None`` for other single files (``.dcm``, ``.nrrd``, ...), which are left to the reader.
+    """
+    if path.endswith(NIFTI_SUFFIXES):
+        header = _header(path)
+        return tuple(int(n) for n in header.shape[:3]), np.asarray(header.affine, dtype=np.float64)
+    if os.path.isdir(path):
+        return _dicom_grid(path)
+    return None
+
+
 def check_pair(image_path: str, label_path: str, atol: float = 1e-3) -> None:
-    """Raise a ``ValueError`` naming both files when an image and its label map are not on the same voxel grid."""
-    if not (image_path.endswith(NIFTI_SUFFIXES) and label_path.endswith(NIFTI_SUFFIXES)):
+    """Raise a ``ValueError`` naming both files when an image and its label map are not on the same voxel grid.
+
+    Either may be a NIfTI file or a DICOM series directory: grids are compared as shape and RAS affine, so a NIfTI
+    label map next to a DICOM CT must be stored on the CT's own grid (same voxel order, spacing and position).
+    """
+    image, label = image_grid(image_path), image_grid(label_path)
+    if image is None or label is None:
         return
-    image, label = _header(image_path), _header(label_path)
-    if image.shape[:3] != label.shape[:3]:
-        raise ValueError(f"image {image_path} has shape {image.shape} but label map {label_path} has {label.shape}.")
-    if not np.allclose(image.affine, label.affine, atol=atol):
+    (image_shape, image_affine), (label_shape, label_affine) = image, label
+    if image_shape != label_shape:
+        raise ValueError(f"image {image_path} has shape {image_shape} but label map {label_path} has {label_shape}.")
+    if not np.allclose(image_affine, label_affine, atol=atol):
         raise ValueError(
-            f"image {image_path} and label map {label_path} have different affines:\n{image.affine}\nvs\n{label.affine}"
+            f"image {image_path} and label map {label_path} have different affines (voxel to RAS mm); the label map "
+            f"must be stored on the image's grid:\n{image_affine}\nvs\n{label_affine}"
         )
 
 
@@ -91,9 +125,18 @@ def load_datalist(datalist_file: str, key: str = "training", check_files: bool =
 
 
 def case_datalist(image: str | None, label: str | None) -> list[dict]:
-    """The one-case datalist of ``--image`` and ``--label``, checked like a dataset's."""
+    """The one-case datalist of ``--image`` and ``--label``, checked like a dataset's.
+
+    Each may be a NIfTI file or a DICOM series directory (read with MONAI's ``ITKReader``).
+    """
     missing = [name for name, value in (("--image", image), ("--label", label)) if not value]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} must name a CT and its organ label map (NIfTI), got none.")
+        raise ValueError(
+            f"{' and '.join(missing)} must name a CT and its organ label map (NIfTI file or DICOM series directory), "
+            "got none."
+        )
+    for name, path in (("--image", image), ("--label", label)):
+        if not os.path.exists(str(path)):
+            raise FileNotFoundError(f"{name} {path} does not exist.")
     check_pair(str(image), str(label))
     return [{"image": str(image), "label": str(label)}]
