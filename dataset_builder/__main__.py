@@ -1,4 +1,4 @@
-"""Command line: `python -m dataset_builder <stage|build|verify> --config CONFIG --out DIR [--key.path=value]`."""
+"""Command line: `python -m dataset_builder <stage|build|clinical|verify> --config CONFIG --out DIR [--key.path=value]`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,14 @@ class Commands:
         cfg = load_config(self._config, **self._overrides)
         _setup_logging(self._out)
         _print_summary(build(cfg, self._out), cfg["organs"])
+
+    def clinical(self) -> None:
+        """Texts in clinician phrasing from the presentation table -> clinical_train.jsonl, clinical_ood_train.jsonl."""
+        from . import clinical
+
+        cfg = load_config(self._config, **self._overrides)
+        for name, counts in clinical.run(cfg, self._out).items():
+            print(f"{name}.jsonl: {sum(counts.values())} texts ({', '.join(f'{k} {n}' for k, n in counts.items())})")
 
     def verify(self, corpus: str = os.path.join(os.path.dirname(__file__), "corpus")) -> None:
         """Rebuild offline into --out and check the published files of CORPUS byte for byte."""
