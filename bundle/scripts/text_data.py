@@ -104,16 +104,20 @@ class SymptomCorpus:
     """Train / validation / test texts and their frozen embeddings, computed on first use.
 
     Args:
-        corpus_dir: directory with ``train.jsonl``, ``test.jsonl``, ``ood_train.jsonl`` and ``ood_test.jsonl``.
+        corpus_dir: directory with the training files, ``test.jsonl`` and ``ood_test.jsonl``.
         organs: organ names in class-index order.
         encoder: frozen text encoder with ``encode(texts) -> (N, dim)`` (cached, see ``text_encoders``).
         validation_fraction: share of training groups (in-domain and out-of-domain) held out for validation.
         seed: seed of the grouped hold-out.
+        train_files: the in-domain training files of ``corpus_dir`` (records with ``text`` and ``organ``).
+        ood_train_files: the out-of-domain training files of ``corpus_dir`` (records with ``text``, no organ).
     """
 
     def __init__(self, corpus_dir: str, organs: Sequence[str], encoder: Any, validation_fraction: float = 0.15,
-                 seed: int = 0) -> None:
+                 seed: int = 0, train_files: Sequence[str] = ("train.jsonl", "clinical_train.jsonl"),
+                 ood_train_files: Sequence[str] = ("ood_train.jsonl", "clinical_ood_train.jsonl")) -> None:
         self.corpus_dir = corpus_dir
+        self.train_files, self.ood_train_files = list(train_files), list(ood_train_files)
         self.organs = list(organs)
         self.encoder = encoder
         self.validation_fraction = validation_fraction
@@ -125,11 +129,13 @@ class SymptomCorpus:
 
     @cached_property
     def _train_split(self) -> tuple[list[dict], list[dict]]:
-        return grouped_holdout(self._read("train.jsonl", "train"), self.validation_fraction, self.seed)
+        records = [r for name in self.train_files for r in self._read(name, "train")]
+        return grouped_holdout(records, self.validation_fraction, self.seed)
 
     @cached_property
     def _ood_split(self) -> tuple[list[dict], list[dict]]:
-        return grouped_holdout(self._read("ood_train.jsonl", "ood"), self.validation_fraction, self.seed)
+        records = [r for name in self.ood_train_files for r in self._read(name, "ood")]
+        return grouped_holdout(records, self.validation_fraction, self.seed)
 
     @cached_property
     def records(self) -> dict[str, list[dict[str, Any]]]:
