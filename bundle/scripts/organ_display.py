@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
+from . import retrieval_metrics
 from .atomic_io import atomic_write
 
 __all__ = [
@@ -120,7 +121,7 @@ def rank_organs(scores: Mapping[str, float]) -> list[str]:
     Returns:
         Organ names, best first.
     """
-    return sorted(scores, key=lambda organ: -float(scores[organ]))
+    return retrieval_metrics.rank_organs([float(scores[organ]) for organ in scores], list(scores))
 
 
 def organ_probability_map(
