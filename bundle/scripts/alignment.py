@@ -6,7 +6,9 @@
 ``W_align`` projects the text feature ``f_bar`` into the fused image feature space; InfoNCE over ``avgSim`` (the
 mean cosine similarity over an organ's D slice features and a set of texts) pulls each organ's slices towards its
 own symptom texts. The trained image network is only read: its organ features are computed once per CT into a
-feature bank. The result, :class:`TextImageAligner`, holds everything a text query needs (text MLP, domain gate,
+feature bank, and a linear image projection (initialised to the identity) is trained with ``W_align`` in place of
+the paper's joint training of the image extractor, because the frozen classifier's organ features are too alike in
+cosine terms to be told apart by a text projection alone. The result, :class:`TextImageAligner`, holds everything a text query needs (text MLP, domain gate,
 ``W_align``, reference organ features, out-of-domain threshold), so queries need no CT at run time.
 """
 
@@ -137,9 +139,10 @@ def prepare_alignment_batch(batch: dict[str, torch.Tensor], device: torch.device
 class TextImageAligner(nn.Module):
     """``W_align`` over a frozen text model, plus what a query needs: reference organ features and the OOD gate.
 
-    ``forward(texts, images)`` gives ``avgSim`` for every organ's image features against every organ's text set,
-    ``(B, K_image, K_text)``. ``organ_scores`` turns embeddings into organ scores in ``[0, 1]``:
-    ``min(1, P(abdominal) / threshold) * (avgSim + 1) / 2`` against the reference features or a patient's own organ features.
+    ``forward(texts, images)`` gives ``avgSim`` (after the image projection) of every organ's image features against
+    every organ's text set, ``(B, K_image, K_text)``. ``organ_scores`` turns embeddings into organ scores in
+    ``[0, 1]``: ``min(1, P(abdominal) / threshold) * (avgSim + 1) / 2`` against the reference features or a
+    patient's own organ features.
 
     Args:
         text_model: trained ``SymptomTextModel`` (frozen here).
