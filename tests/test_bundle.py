@@ -98,7 +98,7 @@ def test_inference_config_builds_the_trained_network_and_preprocessing():
     """inference.yaml stands alone (model-zoo style); its copies of train.yaml's blocks must not drift."""
     train, inference = (yaml.safe_load(open(f)) for f in (TRAIN, INFERENCE))
     shared = ["label_convention", "label_conventions", "label_ids", "organ_labels", "known_labels", "num_classes",
-              "pixdim", "hu_window", "organ_margin", "num_slices", "slice_size", "volume_size", "vit_2d_def",
+              "pixdim", "hu_window", "organ_margin", "num_slices", "slice_size", "volume_size", "vit_2d_def", "image_features",
               "pretrained_2d", "vit_2d", "vit_3d", "fusion", "network_def", "load_transforms", "sample_slices"]  # fmt: skip
     assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
 
@@ -126,6 +126,23 @@ def test_ablation_overrides_select_the_structure(ablation, branches):
     fusion = type(net.fusion).__name__ if net.fusion is not None else None
     assert fusion == {None: "CrossAttentionFusion", "concat": "ConcatFusion"}.get(ablation)
     assert net(torch.rand(1, 1, 64, 64, 16)).shape == (1, len(branches), 16, 7)
+
+
+@pytest.mark.parametrize(
+    "files", [[], ["ablations/2d_only.yaml"], ["ablations/3d_only.yaml"], ["ablations/concat.yaml"],
+              ["paper.yaml", "ablations/3d_only.yaml"]],
+)  # fmt: skip
+def test_the_aligner_takes_the_features_of_every_structure(files):
+    """The text is aligned with whatever organ features the structure gives; the paper preset's optimizer builds."""
+    parser = ConfigParser()
+    parser.read_config([TRAIN, os.path.join(CONFIGS, "text.yaml")] + [os.path.join(CONFIGS, f) for f in files])
+    net = parser.get_parsed_content("network_def")
+    size = parser.get_parsed_content("volume_size")
+    features = net.features(torch.rand(1, 1, *size))
+    aligner = parser.get_parsed_content("aligner_def")
+    assert tuple(features.shape[1:]) == tuple(aligner.reference.shape[1:])
+    assert aligner.organ_scores(torch.rand(2, aligner.text_model.mlp[0].in_features), features.expand(7, -1, -1)).shape == (2, 7)
+    assert len(parser.get_parsed_content("optimizer").param_groups) >= 1
 
 
 def test_paper_preset_is_the_papers_architecture():
