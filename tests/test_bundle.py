@@ -48,7 +48,7 @@ def test_training_writes_best_and_last_checkpoints_and_logs(trained):
 
 def test_evaluate_reports_per_organ_metrics(trained):
     config = str([TRAIN, EVALUATE])
-    run_bundle("run", "evaluate", "--config_file", config, *trained["overrides"])
+    run_bundle("run", "evaluate_image", "--config_file", config, *trained["overrides"])
     report = json.loads((trained["output_dir"] / "image_metrics.json").read_text())
     assert report["samples"] == 2 * 7  # two validation cases, seven organs each
     assert list(report["recall_per_organ"]) == ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
