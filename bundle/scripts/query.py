@@ -24,7 +24,7 @@ from .atomic_io import atomic_write
 from .datalist import case_datalist
 from .retrieval_metrics import rank_organs
 
-__all__ = ["MAX_TEXT_CHARS", "OrganQuery", "parse_query_lines", "answer_queries", "run_query"]
+__all__ = ["MAX_TEXT_CHARS", "OrganQuery", "parse_query_lines", "answer_queries", "patient_organ_features", "run_query"]
 
 MAX_TEXT_CHARS = 10_000
 
@@ -137,12 +137,18 @@ def format_ranking(text: str, answer: Mapping[str, Any], threshold: float) -> st
     return "\n".join(lines)
 
 
-def _patient_organs(image_network: torch.nn.Module, image_weights: str, preprocessing: Any, image: str, label: str,
-                    num_organs: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """The patient's organ features ``(K, D, d)`` and which organs the label map holds ``(K,)``."""
-    load_weights(image_network, image_weights, "python -m monai.bundle run training --config_file bundle/configs/train.yaml")
-    features, present = organ_feature_bank(image_network, case_datalist(image, label), preprocessing, num_organs, device)
-    return features[0], present[0]
+def patient_organ_features(query: OrganQuery, image_network: torch.nn.Module, preprocessing: Any, image: str,
+                           label: str, device: Any = "cpu") -> tuple[torch.Tensor, list[str]]:
+    """The organ features ``(K, D, d)`` to score against on one patient's CT, and the organs its label map lacks.
+
+    An organ the label map holds gets the patient's own features; an absent one keeps the reference features, so
+    every organ still has a score (and the answer lists it under ``absent_organs``).
+    """
+    features, present = organ_feature_bank(image_network, case_datalist(image, label), preprocessing,
+                                           len(query.organs), device)  # fmt: skip
+    features, present = features[0], present[0]
+    organ_features = torch.where(present[:, None, None], features, query.aligner.reference.cpu())
+    return organ_features, [organ for organ, here in zip(query.organs, present.tolist()) if not here]
 
 
 def run_query(
@@ -181,11 +187,10 @@ def run_query(
     if image is not None or label is not None:
         if image_network is None or image_weights is None or preprocessing is None or organ_labels is None:
             raise ValueError("querying on a CT needs the image network, its weights, preprocessing and organ_labels.")
-        features, present = _patient_organs(
-            image_network, image_weights, preprocessing, str(image), str(label), len(query.organs), device
-        )
-        organ_features = torch.where(present[:, None, None], features, query.aligner.reference.cpu())
-        absent = [organ for organ, here in zip(query.organs, present.tolist()) if not here]
+        load_weights(image_network, image_weights,
+                     "python -m monai.bundle run training --config_file bundle/configs/train.yaml")  # fmt: skip
+        organ_features, absent = patient_organ_features(query, image_network, preprocessing, str(image), str(label),
+                                                        device)  # fmt: skip
     answers = answer_queries(query, records, organ_features)
     if organ_features is not None:
         _draw(answers, str(image), str(label), organ_labels, maps_dir or os.path.dirname(os.path.abspath(output_file or ".")),

@@ -175,10 +175,9 @@ class OrganQueryInfer(BasicInferTask):
             raise invalid(f"segmentation of {data.get('image_path')!r} failed: {e}") from e
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        from scripts.alignment import organ_feature_bank
-        from scripts.datalist import case_datalist, image_grid
+        from scripts.datalist import image_grid
         from scripts.organ_display import organ_probability_map
-        from scripts.query import answer_queries
+        from scripts.query import answer_queries, patient_organ_features
 
         text, result_map = self._text(data), self._result_map(data)
         image = data.get("image")
@@ -187,21 +186,16 @@ class OrganQueryInfer(BasicInferTask):
                           "datastore image.")
         label = self._label(data, device)
         try:
-            try:
-                datalist = case_datalist(image, label)  # same grid, readable files
-                features, present = organ_feature_bank(self.image_network, datalist, self.preprocessing,
-                                                       len(self.query.organs), device)
+            try:  # the patient's organs where the label map has them, the reference organs elsewhere
+                organ_features, absent = patient_organ_features(self.query, self.image_network, self.preprocessing,
+                                                                image, label, device)  # fmt: skip
             except (ValueError, FileNotFoundError) as e:
                 raise invalid(f"CT {image} with label map {label}: {e}") from e
             label_image = LoadImage(image_only=True)(label)
         finally:
             if data["label_source"] == "segmentation_bundle":
                 os.remove(label)
-        # the patient's organs where the label map has them, the reference organs elsewhere (as run_query does)
-        features, present = features[0], present[0]
-        organ_features = torch.where(present[:, None, None], features, self.query.aligner.reference.cpu())
         (answer,) = answer_queries(self.query, [({"text": text}, None)], organ_features)
-        absent = [organ for organ, here in zip(self.query.organs, present.tolist()) if not here]
 
         labels, grid = np.asarray(label_image), image_grid(image)
         # the CT's voxel-to-RAS matrix (check_pair made the label map's equal); other formats: the label map's
