@@ -139,7 +139,6 @@ def test_train_evaluate_and_inference_run_in_process(tmp_path):
     inferrer = workflow(
         INFERENCE, "infer", ckpt_dir=dirs["ckpt_dir"], output_dir=dirs["output_dir"], output_file=str(output),
         image=str(tmp_path / "phantom" / case["image"]), label=str(tmp_path / "phantom" / case["label"]),
-        dataset_dir=dirs["phantom_dir"],  # a required infer property, passed as the model zoo's own tests pass it
     )  # fmt: skip
     assert inferrer.check_properties() == []
     finish(inferrer)
