@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, REPO_ROOT, TRAIN
 # small enough for CI: five phantom cases, two epochs

@@ -11,7 +11,6 @@ score makes the answer visible where a clinician looks for it. Two outputs are m
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
