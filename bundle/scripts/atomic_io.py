@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["atomic_write", "write_json_atomic"]
+__all__ = ["atomic_write", "write_json_atomic", "write_text_atomic"]
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
@@ -36,12 +36,16 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_text_atomic(text: str, path: str) -> None:
+    """Write ``text`` as UTF-8, atomically."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
 
-    atomic_write(path, write, ".json")
+    atomic_write(path, write, os.path.splitext(path)[1])
+
+
+def write_json_atomic(obj: Any, path: str) -> None:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    write_text_atomic(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", path)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .alignment import load_weights
-from .atomic_io import atomic_write, write_json_atomic
+from .atomic_io import write_json_atomic, write_text_atomic
 from .evaluation_figures import (
     fusion_attention_figure,
     organ_correlation_heatmaps,
@@ -39,14 +39,6 @@ OOD_KEYS = ("AUROC", "AUROC of P(abdominal)", "threshold", "in_domain_recall", "
 OOD_SCALE = {"AUROC": 1.0, "AUROC of P(abdominal)": 1.0, "threshold": 1.0, "in_domain_recall": 100.0,
              "ood_rejection": 100.0}  # fmt: skip
 MEDSORA_ROW = "Med-SORA (ours)"
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write, os.path.splitext(path)[1])
 
 
 def _bm25_report(grid: ExperimentGrid, seed: int) -> dict[str, Any]:
@@ -112,11 +104,12 @@ def _load_aligner(grid: ExperimentGrid, alignment: Alignment):
     return parser, load_weights(parser.get_parsed_content("aligner_def"), path, "python -m monai.bundle run evaluate")
 
 
-def _text_figures(grid: ExperimentGrid, seed: int, organs: Sequence[str], figures_dir: str) -> dict[str, str]:
-    """Figs. 5 and 6 from the first seed's hard- and soft-label text models and the full model's test scores."""
+def _text_figures(grid: ExperimentGrid, seed: int, parser, full, figures_dir: str) -> dict[str, str]:
+    """Figs. 5 and 6 from the seed's hard- and soft-label text models, and the full model's (``full``) test scores."""
     d, labeled = grid.default, {mode: name for name, mode in grid.labelings.items()}
-    models = {mode: _load_aligner(grid, Alignment(seed, d.structure, d.encoder, name)) for mode, name in labeled.items()}
-    parser, full = _load_aligner(grid, Alignment(seed, d.structure, d.encoder, d.labeling))
+    models = {mode: full if name == d.labeling else _load_aligner(grid, Alignment(seed, d.structure, d.encoder, name))[1]
+              for mode, name in labeled.items()}  # fmt: skip
+    organs = list(parser.get_parsed_content("organ_labels"))
     corpus = parser.get_parsed_content("corpus")
     test, labels = corpus.embeddings("test"), corpus.label_matrix("test").numpy().astype(bool)
     figures = {}
@@ -124,7 +117,7 @@ def _text_figures(grid: ExperimentGrid, seed: int, organs: Sequence[str], figure
     for mode in ("soft", "hard"):
         if mode not in models:
             continue
-        aligner = models[mode][1]
+        aligner = models[mode]
         anchors = None
         anchor_file = os.path.join(grid.text_dir(seed, d.encoder, labeled[mode]), "models", "text_anchors.pt")
         if mode == "soft" and os.path.isfile(anchor_file):
@@ -136,7 +129,7 @@ def _text_figures(grid: ExperimentGrid, seed: int, organs: Sequence[str], figure
         figures["Fig. 5: t-SNE of the text MLP features of the test queries"] = text_feature_map(
             panels, labels.argmax(axis=1), organs, os.path.join(figures_dir, "fig5_text_features.png"), seed)
         train = corpus.embeddings("train")
-        correlation = [(f"({'ab'[i]}) {mode} labels", models[mode][1].text_head_scores(train).numpy())
+        correlation = [(f"({'ab'[i]}) {mode} labels", models[mode].text_head_scores(train).numpy())
                        for i, mode in enumerate(m for m in ("hard", "soft") if m in models)]  # fmt: skip
         figures["Fig. 6: correlation between organs of the text head's scores on the training texts"] = (
             organ_correlation_heatmaps(correlation, organs, os.path.join(figures_dir, "fig6_organ_correlation.png")))
@@ -146,11 +139,10 @@ def _text_figures(grid: ExperimentGrid, seed: int, organs: Sequence[str], figure
     return figures
 
 
-def _ct_figures(grid: ExperimentGrid, seed: int, figures_dir: str, example_queries: Sequence[str],
+def _ct_figures(grid: ExperimentGrid, seed: int, parser, aligner, figures_dir: str, example_queries: Sequence[str],
                 attention_organ: str) -> dict[str, str]:  # fmt: skip
     """Fig. 7: the ``query`` workflow on the first validation CT, and the fusion attention over one organ's slices."""
     d = grid.default
-    parser, aligner = _load_aligner(grid, Alignment(seed, d.structure, d.encoder, d.labeling))
     organs = list(parser.get_parsed_content("organ_labels"))
     case = parser.get_parsed_content("validate#datalist")[0]
     network = parser.get_parsed_content("network_def")
@@ -158,7 +150,7 @@ def _ct_figures(grid: ExperimentGrid, seed: int, figures_dir: str, example_queri
     preprocessing = parser.get_parsed_content("validate#preprocessing")
     query = OrganQuery(parser.get_parsed_content("text_encoder"), aligner, organs)
     queries = os.path.join(figures_dir, "fig7_queries.jsonl")
-    _write_text(queries, "".join(json.dumps({"text": text}) + "\n" for text in example_queries))
+    write_text_atomic("".join(json.dumps({"text": text}) + "\n" for text in example_queries), queries)
     answers = run_query(query, queries_file=queries, output_file=os.path.join(figures_dir, "fig7_answers.jsonl"),
                         image=case["image"], label=case["label"], maps_dir=os.path.join(figures_dir, "fig7"),
                         organ_labels=parser.get_parsed_content("organ_labels"), image_network=network,
@@ -192,13 +184,14 @@ def run_paper_evaluation(grid: ExperimentGrid, paper_results: Mapping[str, Any],
     start = time.monotonic()
     results = grid.run()
     first = grid.seeds[0]
-    parser = grid.parser(Alignment(first, grid.default.structure, grid.default.encoder, grid.default.labeling))
+    parser, full = _load_aligner(grid, Alignment(first, grid.default.structure, grid.default.encoder,
+                                                 grid.default.labeling))  # fmt: skip
     organs = list(parser.get_parsed_content("organ_labels"))
     bm25 = {seed: _bm25_report(grid, seed) for seed in grid.seeds}
     tables = _tables(grid, results, bm25, paper_results, organs)
     os.makedirs(figures_dir, exist_ok=True)
-    figures = _text_figures(grid, first, organs, figures_dir)
-    figures.update(_ct_figures(grid, first, figures_dir, example_queries, attention_organ))
+    figures = _text_figures(grid, first, parser, full, figures_dir)
+    figures.update(_ct_figures(grid, first, parser, full, figures_dir, example_queries, attention_organ))
     report_dir = os.path.dirname(os.path.abspath(report_file))
     corpus = parser.get_parsed_content("corpus")
     metrics = {
@@ -212,6 +205,6 @@ def run_paper_evaluation(grid: ExperimentGrid, paper_results: Mapping[str, Any],
     }
     write_json_atomic(metrics, metrics_file)
     report = markdown_report(metrics, metrics["figures"], organs)
-    _write_text(report_file, report + "\n")
+    write_text_atomic(report + "\n", report_file)
     print(f"evaluation: {metrics_file}, {report_file} ({metrics['seconds']} s)")
     return metrics

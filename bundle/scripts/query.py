@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .alignment import TextImageAligner, load_weights, organ_feature_bank
-from .atomic_io import atomic_write
+from .atomic_io import write_text_atomic
 from .datalist import case_datalist
 from .retrieval_metrics import rank_organs
 
@@ -118,12 +118,7 @@ def answer_queries(
 
 
 def _write_jsonl(records: list[dict[str, Any]], path: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-    atomic_write(path, write, ".jsonl")
+    write_text_atomic("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), path)
 
 
 def format_ranking(text: str, answer: Mapping[str, Any], threshold: float) -> str:

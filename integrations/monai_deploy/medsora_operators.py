@@ -347,11 +347,13 @@ class OrganQueryOperator(Operator):
         return np.asarray(label), np.asarray(label.affine, dtype=np.float64)
 
     def _write_files(self, answer: dict[str, Any], text: str, ct: DICOMSeries, source: str) -> None:
-        """Move the probability map and picture into the output folder; write the answer as ``ranking.json``."""
-        self.output_folder.mkdir(parents=True, exist_ok=True)
+        """Copy the probability map and picture into the output folder and write the answer as ``ranking.json``, each
+        atomically: a rerun into the same folder never leaves a half-written file beside complete ones."""
+        from scripts.atomic_io import atomic_write, write_json_atomic
+
         files = {"probability_map": "organ_probability.nii.gz", "figure": "organ_probability.png"}
         for key, name in files.items():
-            shutil.move(answer[key], self.output_folder / name)
+            atomic_write(str(self.output_folder / name), lambda tmp, source=answer[key]: shutil.copyfile(source, tmp))
             answer[key] = name
         native = ct.get_sop_instances()[0].get_native_sop_instance()
         record = {
@@ -363,8 +365,7 @@ class OrganQueryOperator(Operator):
             "label_convention": self.label_convention,
             "bundle": str(self.bundle_root),
         }
-        with open(self.output_folder / "ranking.json", "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, ensure_ascii=False)
+        write_json_atomic(record, str(self.output_folder / "ranking.json"))
 
 
 # SNOMED CT codes of the seven organs, in the bundle's class order
