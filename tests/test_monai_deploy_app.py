@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-NEEDS_EXTRA = "MONAI Deploy app tests need the [deploy] extra: pip install -e '.[deploy]'"
+NEEDS_EXTRA = "MONAI Deploy app tests need the [deploy] extra, in an environment of its own (README.md)"
 pytest.importorskip("monai.deploy.core", reason=NEEDS_EXTRA)
 hd = pytest.importorskip("highdicom", reason=NEEDS_EXTRA)
 

@@ -58,7 +58,7 @@ def test_data_parallel_training_under_torchrun(dataset, tmp_path):
         "--batch_size", "1", "--num_workers", "0",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     # three training cases over two ranks: each runs two iterations (the sampler pads to an even split)
     assert result.stdout.count("Epoch: 1/1, Iter: 2/2") + result.stderr.count("Epoch: 1/1, Iter: 2/2") == 1
     checkpoint = torch.load(tmp_path / "models" / "checkpoint_epoch=1.pt", weights_only=False)
