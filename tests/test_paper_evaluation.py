@@ -19,6 +19,7 @@ from scripts.text_data import default_corpus_dir
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 STRUCTURES = ["2D Only", "3D Only", "2D+3D (concat)", "2D+3D (cross-Attn)"]
 TINY_SCHEDULE = "{'epochs': 1, 'val_interval': 1, 'anchor_epochs': 3, 'text_epochs': 3, 'gate_epochs': 3, 'align_epochs': 3}"
+FULL_LABELS = "soft_annotated_organ_at_1"  # the slug of the full model's Table 2 row, "Soft, annotated organ at 1"
 
 
 def test_bm25_scores_each_organ_by_its_best_matching_training_text():
@@ -95,7 +96,7 @@ def test_grid_trains_each_row_once_and_shares_the_full_model(tmp_path):
     "changes, message",
     [({"default_structure": "4D"}, r"evaluation#default_structure '4D' is not one of"),
      ({"seeds": []}, "evaluation#seeds is empty"),
-     ({"labelings": {"Hard": "hard", "Soft": "fuzzy"}}, "label_mode must be 'hard' or 'soft', got 'fuzzy'")],
+     ({"labelings": {"Hard": "hard", "Soft": "fuzzy"}}, r"label_mode must be one of \[.*\], got 'fuzzy'")],
 )  # fmt: skip
 def test_grid_refuses_a_bad_configuration(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -138,10 +139,10 @@ def test_every_row_is_trained_for_every_seed(evaluated):
     for seed in (0, 1):
         for structure in ("2d_only", "3d_only", "2d_3d_concat", "2d_3d_cross_attn"):
             assert f"[evaluate] training: seed{seed}/image/{structure}" in log
-        for text in ("minilm-soft", "minilm-hard", "minilm_cls-soft"):
+        for text in ("minilm-hard", "minilm-soft", f"minilm-{FULL_LABELS}", f"minilm_cls-{FULL_LABELS}"):
             assert f"[evaluate] train_text_model: seed{seed}/text/{text}" in log
     assert evaluated["metrics"]["seeds"] == [0, 1]
-    assert list(tables["labeling"]["rows"]) == ["Hard", "Soft"]
+    assert list(tables["labeling"]["rows"]) == ["Hard", "Soft", "Soft, annotated organ at 1"]
     assert list(tables["structure"]["rows"]) == STRUCTURES
     assert list(tables["text_models"]["rows"]) == [
         "MiniLM* (zero-shot: query vs. organ name)", "MiniLM_CLS* (zero-shot: query vs. organ name)",
@@ -160,12 +161,12 @@ def test_every_row_is_trained_for_every_seed(evaluated):
 
 def test_the_full_model_is_one_run_shared_by_the_tables_and_matches_its_own_metrics(evaluated):
     root, tables = evaluated["root"], evaluated["metrics"]["tables"]
-    soft = tables["labeling"]["rows"]["Soft"]
-    assert tables["structure"]["rows"]["2D+3D (cross-Attn)"] == soft == tables["text_models"]["rows"]["Med-SORA (ours)"]
+    full = tables["labeling"]["rows"]["Soft, annotated organ at 1"]
+    assert tables["structure"]["rows"]["2D+3D (cross-Attn)"] == full == tables["text_models"]["rows"]["Med-SORA (ours)"]
     for index, seed in enumerate((0, 1)):
-        run = root / "eval" / "experiments" / f"seed{seed}" / "align" / "2d_3d_cross_attn-minilm-soft"
+        run = root / "eval" / "experiments" / f"seed{seed}" / "align" / f"2d_3d_cross_attn-minilm-{FULL_LABELS}"
         own = json.loads((run / "eval" / "text_metrics.json").read_text())["test"]
-        assert soft["Rank-1"]["values"][index] == pytest.approx(100 * own["Med-SORA"]["Rank-1"])
+        assert full["Rank-1"]["values"][index] == pytest.approx(100 * own["Med-SORA"]["Rank-1"])
         ood = tables["out_of_domain"]["Med-SORA (ours)"]
         assert ood["AUROC"]["values"][index] == pytest.approx(own["out-of-domain"]["AUROC"])
     zero_shot = tables["text_models"]["rows"]["MiniLM* (zero-shot: query vs. organ name)"]
@@ -218,6 +219,6 @@ def test_the_commands_data_and_label_convention_reach_every_run(tmp_path):
     assert overrides["label_convention"] == "totalsegmentator"
     assert overrides["label_conventions"]["totalsegmentator"]["organ_labels"]["liver"] == [5]
     assert overrides["epochs"] == parser["evaluation"]["schedule"]["epochs"]
-    assert g.seeds == [0, 1, 2] and g.default == Alignment(-1, "2D+3D (cross-Attn)", "MiniLM", "Soft")
+    assert g.seeds == [0, 1, 2] and g.default == Alignment(-1, "2D+3D (cross-Attn)", "MiniLM", "Soft, annotated organ at 1")
     files = g.config_files("3D Only", "text.yaml")
     assert [os.path.basename(f) for f in files] == ["train.yaml", "text.yaml", "3d_only.yaml"]

@@ -15,7 +15,7 @@ from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
 from scripts import phantom
 from scripts.alignment import AlignmentInfoNCELoss
 from scripts.query import MAX_TEXT_CHARS
-from scripts.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels
+from scripts.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
 from scripts.text_encoders import HFTextEncoder
 
 TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
@@ -164,6 +164,22 @@ def test_anchor_margin_loss_matches_the_papers_formula():
     assert float(loss) == pytest.approx(0.3)
     anchors = OrganAnchors(4, 2)
     assert anchors(torch.randn(3, 4)).shape == (3, 2, 2)
+
+
+def test_label_modes_give_eq4_eq4_with_the_annotated_organ_at_1_or_one_hot():
+    torch.manual_seed(0)
+    anchors, embeddings, organs = OrganAnchors(8, 3), torch.randn(5, 8), torch.tensor([0, 1, 2, 2, 1])
+    eq4 = soft_labels(anchors, embeddings)
+    assert torch.equal(training_targets("soft", embeddings, organs, 3, anchors), eq4)
+    annotated = training_targets("soft_annotated", embeddings, organs, 3, anchors)
+    own = torch.nn.functional.one_hot(organs, 3).bool()
+    assert torch.all(annotated[own] == 1.0) and torch.equal(annotated[~own], eq4[~own])
+    assert torch.equal(annotated.argmax(dim=1), organs) and eq4.max() < 1.0
+    assert torch.equal(training_targets("hard", embeddings, organs, 3), own.float())
+    with pytest.raises(ValueError, match="'soft_annotated' needs trained organ anchors"):
+        training_targets("soft_annotated", embeddings, organs, 3)
+    with pytest.raises(ValueError, match=r"one of \['soft', 'soft_annotated', 'hard'\], got 'fuzzy'"):
+        training_targets("fuzzy", embeddings, organs, 3, anchors)
 
 
 def test_infonce_prefers_the_matching_organ():

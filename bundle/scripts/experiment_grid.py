@@ -22,6 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from .atomic_io import write_json_atomic
+from .soft_labels import LABEL_MODES
 
 __all__ = ["Alignment", "ExperimentGrid", "slug"]
 
@@ -56,7 +57,7 @@ class ExperimentGrid:
         seeds: seeds of the repeated runs; each sets ``seed`` (image) and ``text_seed`` (text stages).
         image_structures: Table 3 row name -> ablation config file merged over train.yaml, or ``None`` for train.yaml
             itself (the cross-attention fusion).
-        labelings: Table 2 row name -> ``label_mode`` (``hard`` or ``soft``).
+        labelings: Table 2 row name -> ``label_mode`` (one of ``soft_labels.LABEL_MODES``).
         text_encoders: Table 4 row name -> overrides of ``text_encoder_def`` (``{}`` for the configured default).
         default_structure, default_labeling, default_encoder: the full Med-SORA model's row names; every other
             row changes one of them.
@@ -86,8 +87,8 @@ class ExperimentGrid:
         if not seeds:
             raise ValueError("evaluation#seeds is empty; give at least one seed.")
         for mode in labelings.values():
-            if mode not in ("hard", "soft"):
-                raise ValueError(f"evaluation#labelings: label_mode must be 'hard' or 'soft', got {mode!r}.")
+            if mode not in LABEL_MODES:
+                raise ValueError(f"evaluation#labelings: label_mode must be one of {list(LABEL_MODES)}, got {mode!r}.")
         self.configs_dir, self.work_dir = configs_dir, work_dir
         self.seeds = [int(s) for s in seeds]
         self.image_structures, self.labelings = dict(image_structures), dict(labelings)
@@ -167,7 +168,7 @@ class ExperimentGrid:
         run_dir = self.text_dir(seed, encoder, labeling)
         files = self.config_files(self.default.structure, "text.yaml")
         overrides = self.run_overrides(run_dir, seed, encoder, labeling)
-        if self.labelings[labeling] == "soft":
+        if self.labelings[labeling] != "hard":
             self._run(run_dir, files, "train_anchors", overrides)
         self._run(run_dir, files, "train_text_model", overrides)
         self._run(run_dir, files, "train_domain_gate", overrides)

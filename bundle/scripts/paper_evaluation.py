@@ -85,8 +85,8 @@ def _tables(grid: ExperimentGrid, results: Mapping[int, Any], bm25: Mapping[int,
                      "caption": f"Full model ({d.structure}, {d.encoder} encoder); only the text labels change."},
         "structure": {"title": "Table 3: 2D / 3D image feature fusion (%)", "rows": structure,
                       "paper": paper.get("table3"),
-                      "caption": f"Each image structure retrained, then aligned with the {d.labeling.lower()}-label "
-                                 f"{d.encoder} text model."},
+                      "caption": f"Each image structure retrained, then aligned with the {d.encoder} text model "
+                                 f"({d.labeling} labels)."},
         "text_models": {"title": "Table 4: text models and baselines (%)", "rows": text_models,
                         "paper": paper.get("table4"),
                         "caption": "`*`: zero-shot. An encoder row is that frozen encoder trained through every "
@@ -105,34 +105,30 @@ def _load_aligner(grid: ExperimentGrid, alignment: Alignment):
 
 
 def _text_figures(grid: ExperimentGrid, seed: int, parser, full, figures_dir: str) -> dict[str, str]:
-    """Figs. 5 and 6 from the seed's hard- and soft-label text models, and the full model's (``full``) test scores."""
-    d, labeled = grid.default, {mode: name for name, mode in grid.labelings.items()}
-    models = {mode: full if name == d.labeling else _load_aligner(grid, Alignment(seed, d.structure, d.encoder, name))[1]
-              for mode, name in labeled.items()}  # fmt: skip
+    """Figs. 5 and 6 from the seed's text model of every labelling, and the full model's (``full``) test scores."""
+    d = grid.default
+    models = {name: full if name == d.labeling else _load_aligner(grid, Alignment(seed, d.structure, d.encoder, name))[1]
+              for name in grid.labelings}  # fmt: skip
     organs = list(parser.get_parsed_content("organ_labels"))
     corpus = parser.get_parsed_content("corpus")
     test, labels = corpus.embeddings("test"), corpus.label_matrix("test").numpy().astype(bool)
     figures = {}
     panels = []
-    for mode in ("soft", "hard"):
-        if mode not in models:
-            continue
-        aligner = models[mode]
+    for name, aligner in models.items():
         anchors = None
-        anchor_file = os.path.join(grid.text_dir(seed, d.encoder, labeled[mode]), "models", "text_anchors.pt")
-        if mode == "soft" and os.path.isfile(anchor_file):
+        anchor_file = os.path.join(grid.text_dir(seed, d.encoder, name), "models", "text_anchors.pt")
+        if grid.labelings[name] != "hard" and os.path.isfile(anchor_file):
             positive = load_anchors(anchor_file, test.shape[1], len(organs)).positive.detach()
             anchors = aligner.text_model.features(positive).detach().numpy()
         with torch.no_grad():
-            panels.append((f"{mode} labels", aligner.text_model.features(test).numpy(), anchors))
-    if panels:
-        figures["Fig. 5: t-SNE of the text MLP features of the test queries"] = text_feature_map(
-            panels, labels.argmax(axis=1), organs, os.path.join(figures_dir, "fig5_text_features.png"), seed)
-        train = corpus.embeddings("train")
-        correlation = [(f"({'ab'[i]}) {mode} labels", models[mode].text_head_scores(train).numpy())
-                       for i, mode in enumerate(m for m in ("hard", "soft") if m in models)]  # fmt: skip
-        figures["Fig. 6: correlation between organs of the text head's scores on the training texts"] = (
-            organ_correlation_heatmaps(correlation, organs, os.path.join(figures_dir, "fig6_organ_correlation.png")))
+            panels.append((f"{name} labels", aligner.text_model.features(test).numpy(), anchors))
+    figures["Fig. 5: t-SNE of the text MLP features of the test queries"] = text_feature_map(
+        panels, labels.argmax(axis=1), organs, os.path.join(figures_dir, "fig5_text_features.png"), seed)
+    train = corpus.embeddings("train")
+    correlation = [(f"({chr(ord('a') + i)}) {name} labels", aligner.text_head_scores(train).numpy())
+                   for i, (name, aligner) in enumerate(models.items())]  # fmt: skip
+    figures["Fig. 6: correlation between organs of the text head's scores on the training texts"] = (
+        organ_correlation_heatmaps(correlation, organs, os.path.join(figures_dir, "fig6_organ_correlation.png")))
     figures["Test queries vs. organs: top-1 confusion and mean scores of the full model"] = query_organ_heatmaps(
         full.organ_scores(test).numpy(), labels, organs, os.path.join(figures_dir, "fig6_queries_vs_organs.png"),
         MEDSORA_ROW)
