@@ -148,7 +148,10 @@ def test_every_row_is_trained_for_every_seed(evaluated):
         "MiniLM* (zero-shot: query vs. organ name)", "MiniLM_CLS* (zero-shot: query vs. organ name)",
         "BM25 over the training texts", "MiniLM: text head alone (no image)", "Med-SORA (ours)",
         "MiniLM_CLS: text head alone (no image)", "MiniLM_CLS"]  # fmt: skip
-    for table in ("labeling", "structure", "text_models"):
+    assert list(tables["clinician_queries"]["rows"]) == [
+        f"{model}, {labels} labels" for labels in ("Hard", "Soft", "Soft, annotated organ at 1")
+        for model in ("Med-SORA", "text head alone")]  # fmt: skip
+    for table in ("labeling", "structure", "text_models", "clinician_queries"):
         for row in tables[table]["rows"].values():
             for metric in ("Rank-1", "Rank-2", "Rank-3", "mAP (class-wise)", "mAP (query-wise)"):
                 summary = row[metric]
@@ -180,7 +183,8 @@ def test_report_has_every_table_the_papers_numbers_and_the_figures(evaluated):
     root = evaluated["root"]
     report = (root / "eval" / "report.md").read_text()
     for title in ("Table 2: hard vs. soft labelling", "Table 3: 2D / 3D image feature fusion",
-                  "Table 4: text models and baselines", "Out-of-domain rejection", "Image side"):  # fmt: skip
+                  "Table 4: text models and baselines", "Clinician-phrased queries, per labelling",
+                  "Out-of-domain rejection", "Image side"):  # fmt: skip
         assert title in report
     assert "Seeds: 0, 1" in report
     assert "| Soft | **paper** | 77.50 | 89.64 | 94.85 | 73.46 | – |" in report

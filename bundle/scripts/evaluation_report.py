@@ -103,8 +103,9 @@ def markdown_report(metrics: Mapping[str, Any], figures: Mapping[str, str], orga
              "Rows marked **paper** are the numbers printed in Na & Cho (2025), on BTCV CTs and the authors' corpus "
              "with expert test labels; ours come from this run's data and corpus, so the two are comparable in "
              "kind, not in value.", ""]  # fmt: skip
-    for key in ("labeling", "structure", "text_models"):
-        lines += _retrieval_table(metrics["tables"][key], len(seeds))
+    for key in ("labeling", "structure", "text_models", "clinician_queries"):
+        if key in metrics["tables"]:
+            lines += _retrieval_table(metrics["tables"][key], len(seeds))
     lines += _ood_table(metrics["tables"]["out_of_domain"])
     lines += _image_table(metrics["tables"]["image"], organs)
     if figures:

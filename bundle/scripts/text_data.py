@@ -49,13 +49,14 @@ def read_corpus(path: str, organs: Sequence[str], kind: str) -> list[dict[str, A
         path: JSONL file, one record per line.
         organs: the known organ names.
         kind: ``"train"`` (each record has ``text`` and ``organ``), ``"test"`` (``text`` and a non-empty ``labels``
-            list, primary organ first) or ``"ood"`` (``text``; non-abdominal, so no organ labels).
+            list, primary organ first), ``"ood"`` (``text``; non-abdominal, so no organ labels) or ``"queries"``
+            (``text`` and ``labels``, empty for a non-abdominal text).
 
     Returns:
         the records, each with ``labels`` (list of organ names; ``[organ]`` for training records).
     """
-    if kind not in ("train", "test", "ood"):
-        raise ValueError(f"kind must be 'train', 'test' or 'ood', got {kind!r}.")
+    if kind not in ("train", "test", "ood", "queries"):
+        raise ValueError(f"kind must be 'train', 'test', 'ood' or 'queries', got {kind!r}.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"symptom corpus file {path} not found (build it with `python -m dataset_builder build`).")
     records = []
@@ -73,7 +74,7 @@ def read_corpus(path: str, organs: Sequence[str], kind: str) -> list[dict[str, A
                 raise ValueError(f"{where}: expected a non-empty string field 'text'.")
             labels = [record.get("organ")] if kind == "train" else list(record.get("labels") or [])
             unknown = [organ for organ in labels if organ not in organs]
-            if unknown or (kind != "ood" and not labels):
+            if unknown or (kind in ("train", "test") and not labels):
                 raise ValueError(f"{where}: expected organ label(s) among {list(organs)}, got {unknown or labels}.")
             if kind == "ood" and labels:
                 raise ValueError(f"{where}: an out-of-domain text must have no organ labels, got {labels}.")
