@@ -1,12 +1,12 @@
 """The shipped query model (bundle/models) on the clinician-phrased queries of bundle/docs, as the docs report it."""
 
-import json
 import os
 
 import numpy as np
 from monai.bundle import ConfigParser
 
 from bundle_paths import BUNDLE_ROOT, INFERENCE
+from scripts.text_data import read_corpus
 
 
 def test_shipped_model_ranks_clinician_phrased_queries_and_rejects_the_others():
@@ -14,8 +14,7 @@ def test_shipped_model_ranks_clinician_phrased_queries_and_rejects_the_others():
     parser.read_config(INFERENCE)
     parser["bundle_root"] = BUNDLE_ROOT
     query_model = parser.get_parsed_content("query_model")
-    with open(os.path.join(BUNDLE_ROOT, "docs", "clinical_queries.jsonl"), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_corpus(os.path.join(BUNDLE_ROOT, "docs", "clinical_queries.jsonl"), query_model.organs, "queries")
     scores, in_domain = query_model.score([r["text"] for r in records])
     abdominal = np.array([bool(r["labels"]) for r in records])
     assert abdominal.sum() == 44 and (~abdominal).sum() == 15

@@ -22,7 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from .atomic_io import write_json_atomic
-from .soft_labels import LABEL_MODES
+from .soft_labels import LABEL_MODES, uses_anchors
 
 __all__ = ["Alignment", "ExperimentGrid", "slug"]
 
@@ -168,7 +168,7 @@ class ExperimentGrid:
         run_dir = self.text_dir(seed, encoder, labeling)
         files = self.config_files(self.default.structure, "text.yaml")
         overrides = self.run_overrides(run_dir, seed, encoder, labeling)
-        if self.labelings[labeling] != "hard":
+        if uses_anchors(self.labelings[labeling]):
             self._run(run_dir, files, "train_anchors", overrides)
         self._run(run_dir, files, "train_text_model", overrides)
         self._run(run_dir, files, "train_domain_gate", overrides)

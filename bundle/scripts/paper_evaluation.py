@@ -33,7 +33,7 @@ from .experiment_grid import Alignment, ExperimentGrid
 from .lexical_baseline import bm25_organ_scores
 from .query import OrganQuery, run_query
 from .retrieval_metrics import retrieval_report
-from .soft_labels import load_anchors
+from .soft_labels import load_anchors, uses_anchors
 from .text_data import read_corpus
 
 __all__ = ["run_paper_evaluation"]
@@ -107,13 +107,13 @@ def _load_aligner(grid: ExperimentGrid, alignment: Alignment):
     return parser, load_weights(parser.get_parsed_content("aligner_def"), path, "python -m monai.bundle run evaluate")
 
 
-def _clinician_query_table(grid: ExperimentGrid, path: str, organs: Sequence[str]) -> dict[str, Any]:
-    """Med-SORA and its text head alone, for every Table 2 labelling, on the abdominal queries of ``path``."""
+def _clinician_query_table(grid: ExperimentGrid, parser, path: str, organs: Sequence[str]) -> dict[str, Any]:
+    """Med-SORA and its text head alone, for every Table 2 labelling, on the abdominal queries of ``path`` (encoded
+    with the text encoder of ``parser``, the full model's config)."""
     d = grid.default
     records = [r for r in read_corpus(path, organs, "queries") if r["labels"]]
     labels = np.array([[organ in r["labels"] for organ in organs] for r in records])
-    encoder = grid.parser(Alignment(grid.seeds[0], d.structure, d.encoder, d.labeling)).get_parsed_content(
-        "text_encoder")
+    encoder = parser.get_parsed_content("text_encoder")
     embeddings = torch.as_tensor(encoder.encode([r["text"] for r in records]), dtype=torch.float32)
     reports: dict[str, list[dict]] = {}
     for name in grid.labelings:
@@ -143,7 +143,7 @@ def _text_figures(grid: ExperimentGrid, seed: int, parser, full, figures_dir: st
     for name, aligner in models.items():
         anchors = None
         anchor_file = os.path.join(grid.text_dir(seed, d.encoder, name), "models", "text_anchors.pt")
-        if grid.labelings[name] != "hard" and os.path.isfile(anchor_file):
+        if uses_anchors(grid.labelings[name]) and os.path.isfile(anchor_file):
             positive = load_anchors(anchor_file, test.shape[1], len(organs)).positive.detach()
             anchors = aligner.text_model.features(positive).detach().numpy()
         with torch.no_grad():
@@ -215,7 +215,7 @@ def run_paper_evaluation(grid: ExperimentGrid, paper_results: Mapping[str, Any],
     bm25 = {seed: _bm25_report(grid, seed) for seed in grid.seeds}
     tables = _tables(grid, results, bm25, paper_results, organs)
     if clinician_queries:
-        tables["clinician_queries"] = _clinician_query_table(grid, clinician_queries, organs)
+        tables["clinician_queries"] = _clinician_query_table(grid, parser, clinician_queries, organs)
     os.makedirs(figures_dir, exist_ok=True)
     figures = _text_figures(grid, first, parser, full, figures_dir)
     figures.update(_ct_figures(grid, first, parser, full, figures_dir, example_queries, attention_organ))

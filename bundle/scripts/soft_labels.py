@@ -10,7 +10,7 @@ frozen text embeddings with the anchor margin loss; the soft label of a text for
 
 On a frozen text encoder the anchors cannot reach the margins, so eq. 4 alone gives flat labels whose highest organ
 is not always the text's own (about one training text in ten on the shipped corpus; one pancreas text in five
-peaks at stomach or gallbladder). ``label_mode: soft_annotated`` keeps eq. 4 for every other organ
+peaks at another organ, mostly stomach or gallbladder). ``label_mode: soft_annotated`` keeps eq. 4 for every other organ
 and gives the annotated organ a target of 1, so the one-to-many associations stay and the annotation is never
 contradicted.
 """
@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "LABEL_MODES", "OrganAnchors", "AnchorMarginLoss", "soft_labels", "one_hot_labels", "training_targets",
-    "load_anchors",
+    "LABEL_MODES", "OrganAnchors", "AnchorMarginLoss", "soft_labels", "one_hot_labels", "uses_anchors",
+    "training_targets", "load_anchors",
 ]
 
 # text head targets: eq. 4 as printed, eq. 4 with the annotated organ at 1, one-hot (Table 2's baseline)
@@ -99,6 +99,11 @@ def soft_labels(anchors: OrganAnchors, embeddings: torch.Tensor) -> torch.Tensor
 def one_hot_labels(organs: torch.Tensor, num_organs: int) -> torch.Tensor:
     """The hard-label alternative: each text labelled with its source organ only."""
     return F.one_hot(organs.reshape(-1).long(), num_organs).float()
+
+
+def uses_anchors(mode: str) -> bool:
+    """Whether a label mode's targets come from the organ anchors (so the train_anchors stage must run first)."""
+    return mode != "hard"
 
 
 def training_targets(
