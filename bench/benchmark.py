@@ -91,8 +91,6 @@ class PresetResult:
 
 def _parser(preset: str, device: torch.device) -> ConfigParser:
     """A fresh parser per build: parsed objects are cached per parser, and the FLOP count needs its own copy."""
-    if str(BUNDLE_DIR) not in sys.path:
-        sys.path.insert(1, str(BUNDLE_DIR))  # the configs run `$import scripts`
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_DIR / name) for name in PRESET_CONFIGS[preset]])
     parser["device"] = f"$torch.device('{device}')"

@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +31,6 @@ BUNDLE_DIR = REPO_ROOT / "bundle"
 
 def load_query_model(ckpt_dir: str):
     """The ``query_model`` of ``inference.yaml`` with its weights, built as the workflow builds it."""
-    sys.path[:0] = [str(BUNDLE_DIR), str(REPO_ROOT)]
     parser = ConfigParser()
     parser.read_config(str(BUNDLE_DIR / "configs" / "inference.yaml"))
     parser["ckpt_dir"] = ckpt_dir
@@ -40,7 +38,7 @@ def load_query_model(ckpt_dir: str):
 
 
 def sample_texts(count: int) -> list[str]:
-    from scripts.text_data import default_corpus_dir
+    from medsora.text.corpus import default_corpus_dir
 
     with open(Path(default_corpus_dir()) / "test.jsonl", encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f if line.strip()]

@@ -4,6 +4,6 @@ Stages (one module each, one CLI command each): retrieve, chunk, filter, generat
 Every stage reads the previous stage's file and writes its own, so any stage can be rerun alone.
 """
 
-ORGANS: tuple[str, ...] = ("liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland")
+from medsora.organs import ORGANS  # the one organ list, shared with the model
 
 __all__ = ["ORGANS"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tqdm import tqdm
+
+from medsora.atomic_io import write_text_atomic
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -27,26 +28,6 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     """Read every record of a JSONL file."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write a file so readers see either the old or the complete new content, never a part."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; published files get the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:

@@ -17,7 +17,9 @@ from typing import Any
 import jsonschema
 
 from .errors import StageError
-from .io import dumps, write_text_atomic
+from medsora.atomic_io import write_text_atomic
+
+from .io import dumps
 from .provenance import sha256
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import chunk, dedup, filter as filter_stage, generate, retrieve, split
 from .datasheet import render_datasheet
-from .io import write_text_atomic
+from medsora.atomic_io import write_text_atomic
 
 STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
 FILES = {"retrieve": "01_retrieved.jsonl", "chunk": "02_chunks.jsonl", "filter": "03_filtered.jsonl",

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.datalist import case_datalist, check_pair, load_datalist, prepare_dataset
+from medsora.image.datalist import case_datalist, check_pair, load_datalist, prepare_dataset
 
 AFFINE = np.diag([-3.0, -3.0, 4.0, 1.0])
 

@@ -11,9 +11,9 @@ from monai.transforms import LoadImage
 
 from bundle_paths import INFERENCE
 from dicom_series import write_dicom_series
-from scripts import phantom
-from scripts.alignment import organ_feature_bank
-from scripts.datalist import case_datalist, check_pair, image_grid
+from medsora.image import phantom
+from medsora.image.features import organ_feature_bank
+from medsora.image.datalist import case_datalist, check_pair, image_grid
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 

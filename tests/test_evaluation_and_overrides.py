@@ -8,9 +8,9 @@ import torch
 from monai.bundle import ConfigParser
 
 from bundle_paths import TRAIN
-from scripts.atomic_io import write_json_atomic
-from scripts.config_check import check_cli_overrides, unknown_override_keys
-from scripts.evaluation import organ_report
+from medsora.atomic_io import write_json_atomic
+from medsora.config_check import check_cli_overrides, unknown_override_keys
+from medsora.image.reports import organ_report
 
 ORGANS = ["liver", "pancreas", "kidney"]
 MAIN = os.path.join("site-packages", "monai", "bundle", "__main__.py")
@@ -30,10 +30,10 @@ def test_organ_report_by_hand():
 
 def test_json_is_written_atomically(tmp_path):
     path = tmp_path / "deep" / "report.json"
-    write_json_atomic({"a": 1}, str(path))
+    write_json_atomic(str(path), {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     with pytest.raises(TypeError):
-        write_json_atomic({"a": object()}, str(path))  # a failed write keeps the previous file
+        write_json_atomic(str(path), {"a": object()})  # a failed write keeps the previous file
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(path.parent) == ["report.json"]
 

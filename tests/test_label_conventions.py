@@ -12,8 +12,8 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
-from scripts import phantom
-from scripts.organ_masking import label_convention
+from medsora.image import phantom
+from medsora.organs import label_convention
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 BTCV = {"liver": [6], "pancreas": [11], "kidney": [2, 3], "gallbladder": [4], "spleen": [1], "stomach": [7],

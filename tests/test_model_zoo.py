@@ -103,7 +103,7 @@ def test_every_file_over_25_mb_is_listed_in_large_files_yml():
         assert entry.get("hash_type", "") in ("", "md5", "sha1", "sha256", "sha512"), entry
         listed.add(entry["path"])
     files = submitted_files()
-    assert "configs/metadata.json" in files and "scripts/organ_masking.py" in files
+    assert "configs/metadata.json" in files and "configs/inference.yaml" in files
     unlisted = {path: size for path, size in files.items() if size > MAX_FILE_BYTES and path not in listed}
     assert not unlisted, f"files over 25 MB must be listed in {LARGE_FILES} (and left out of a submission): {unlisted}"
 

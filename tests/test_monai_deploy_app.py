@@ -28,8 +28,8 @@ from pydicom.sr.codedict import codes  # noqa: E402
 
 from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from dicom_series import write_dicom_series  # noqa: E402
-from scripts import phantom  # noqa: E402
-from scripts.query import run_query  # noqa: E402
+from medsora.image import phantom  # noqa: E402
+from medsora.query import run_query  # noqa: E402
 
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_deploy")
 TEXT = "painless jaundice and weight loss"

@@ -24,8 +24,8 @@ from monai.bundle import ConfigParser  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
 from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
-from scripts import phantom  # noqa: E402
-from scripts.query import run_query  # noqa: E402
+from medsora.image import phantom  # noqa: E402
+from medsora.query import run_query  # noqa: E402
 
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_label")
 MODEL = "med_sora"

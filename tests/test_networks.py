@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from scripts.losses import BranchCrossEntropyLoss
-from scripts.networks import ConcatFusion, CrossAttentionFusion, MedSoraImageNet, ViTEncoder, organ_probabilities
+from medsora.image.losses import BranchCrossEntropyLoss
+from medsora.image.networks import ConcatFusion, CrossAttentionFusion, MedSoraImageNet, ViTEncoder, organ_probabilities
 
 H, W, D, HIDDEN = 32, 32, 8, 32
 

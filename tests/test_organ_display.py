@@ -8,14 +8,8 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from scripts.organ_display import (
-    display_slices,
-    organ_probability_map,
-    rank_organs,
-    render_query_figure,
-    save_probability_map,
-    wrap_text,
-)
+from medsora.display import display_slices, organ_probability_map, render_query_figure, save_probability_map, wrap_text
+from medsora.organs import rank_organs
 
 BTCV = {
     "liver": [6],

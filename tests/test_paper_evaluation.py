@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from bundle_paths import CONFIGS, EVALUATE, REPO_ROOT, TRAIN
-from scripts.evaluation_report import markdown_report, summarize, summarize_reports
-from scripts.experiment_grid import Alignment, ExperimentGrid
-from scripts.lexical_baseline import bm25_organ_scores
-from scripts.text_encoders import default_minilm_path
-from scripts.text_data import default_corpus_dir
+from medsora.evaluation.report import markdown_report, summarize, summarize_reports
+from medsora.evaluation.grid import Alignment, ExperimentGrid
+from medsora.evaluation.bm25 import bm25_organ_scores
+from medsora.text.encoders import default_minilm_path
+from medsora.text.corpus import default_corpus_dir
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 STRUCTURES = ["2D Only", "3D Only", "2D+3D (concat)", "2D+3D (cross-Attn)"]

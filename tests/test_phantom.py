@@ -5,15 +5,13 @@
 
 import json
 import os
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
-sys.path.insert(0, "bundle")
-from scripts import phantom  # noqa: E402
+from medsora.image import phantom
 
 SHAPE = (96, 96, 48)
 NUM_CASES, NUM_VAL = 3, 1

@@ -1,17 +1,15 @@
 """Loading pretrained ViT weights into the slice encoder, checked numerically against Hugging Face's ViT."""
 
 import logging
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import ViTConfig, ViTModel
 
-sys.path.insert(0, "bundle")
 
-from scripts import pretrained  # noqa: E402
-from scripts.networks import ViTEncoder  # noqa: E402
+from medsora.image import pretrained
+from medsora.image.networks import ViTEncoder  # noqa: E402
 
 HIDDEN, LAYERS, HEADS, MLP, IMAGE, PATCH = 32, 2, 4, 64, 32, 8
 

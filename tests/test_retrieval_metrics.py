@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scripts.retrieval_metrics import (
-    ORGANS,
-    calibrate_threshold,
+from medsora.organs import ORGANS, rank_organs
+from medsora.thresholds import calibrate_threshold
+from medsora.evaluation.metrics import (
     classwise_average_precision,
     classwise_map,
     label_matrix,
@@ -18,7 +18,6 @@ from scripts.retrieval_metrics import (
     querywise_average_precision,
     querywise_map,
     rank_k,
-    rank_organs,
     retrieval_report,
     threshold_operating_point,
 )

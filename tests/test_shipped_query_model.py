@@ -6,7 +6,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 
 from bundle_paths import BUNDLE_ROOT, INFERENCE
-from scripts.text_data import read_corpus
+from medsora.text.corpus import read_corpus
 
 
 def test_shipped_model_ranks_clinician_phrased_queries_and_rejects_the_others():

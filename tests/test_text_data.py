@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scripts.text_data import read_corpus
+from medsora.text.corpus import read_corpus
 
 ORGANS = ["liver", "pancreas", "kidney"]
 

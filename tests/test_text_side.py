@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
-from scripts import phantom
-from scripts.alignment import AlignmentInfoNCELoss
-from scripts.query import MAX_TEXT_CHARS
-from scripts.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
-from scripts.text_encoders import HFTextEncoder
+from medsora.image import phantom
+from medsora.text.alignment import AlignmentInfoNCELoss
+from medsora.query import MAX_TEXT_CHARS
+from medsora.text.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
+from medsora.text.encoders import HFTextEncoder
 
 TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]

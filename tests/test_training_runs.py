@@ -11,7 +11,7 @@ from monai.bundle import ConfigWorkflow
 from monai.utils import set_determinism
 
 from bundle_paths import REPO_ROOT, TRAIN
-from scripts import phantom
+from medsora.image import phantom
 
 
 @pytest.fixture(scope="module")

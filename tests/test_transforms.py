@@ -8,8 +8,8 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from scripts.organ_masking import OrganMaskd
-from scripts.slice_sampling import (
+from medsora.image.organ_masking import OrganMaskd
+from medsora.image.slice_sampling import (
     RandSampleSlicesd,
     SampleSlicesd,
     even_slice_indices,

@@ -5,7 +5,7 @@
 as a DICOM SEG.
 
 Everything else (reading the DICOM study, picking the series, writing the SR) is done by the SDK's own operators in
-``app.py``. The scoring is the bundle's ``scripts.query.run_query``, given the CT as a DICOM series directory and the
+``app.py``. The scoring is the library's ``medsora.query.run_query``, given the CT as a DICOM series directory and the
 organ label map as NIfTI, exactly as ``python -m monai.bundle run query --image DIR --label FILE`` gets them.
 """
 
@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -208,8 +207,6 @@ class OrganQueryOperator(Operator):
     def models(self) -> dict[str, Any]:
         """The bundle's query model, image network and preprocessing, parsed from its inference config once."""
         if self._models is None:
-            if str(self.bundle_root) not in sys.path:
-                sys.path.insert(1, str(self.bundle_root))  # the configs' `$import scripts`
             from monai.bundle import ConfigParser
 
             parser = ConfigParser()
@@ -230,7 +227,7 @@ class OrganQueryOperator(Operator):
         ct = ct_series[0]
         ct_datasets = sorted(_datasets(ct), key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
         seg = self._segmentation(_selected(selected, SEG_SELECTION), ct)
-        models = self.models()  # inputs are checked: load the bundle (and put its scripts on sys.path) once
+        models = self.models()  # inputs are checked: load the bundle once
         with tempfile.TemporaryDirectory(prefix="medsora_", dir=self.app_context.workdir or None) as work:
             work_dir = Path(work)
             ct_dir = self._series_directory(ct_datasets, work_dir / "ct")
@@ -295,7 +292,7 @@ class OrganQueryOperator(Operator):
             return seg, f"NIfTI label map {seg.name}"
         import highdicom as hd
         import nibabel as nib
-        from scripts.datalist import image_grid
+        from medsora.image.datalist import image_grid
 
         if seg.get("FrameOfReferenceUID") != ct.get_sop_instances()[0].get_native_sop_instance().get(
             "FrameOfReferenceUID"
@@ -320,7 +317,7 @@ class OrganQueryOperator(Operator):
 
     def _query(self, text: str, ct_dir: Path, label_path: Path, maps_dir: Path) -> dict[str, Any]:
         from monai.utils import set_determinism
-        from scripts.query import run_query
+        from medsora.query import run_query
 
         models = self.models()
         set_determinism(seed=0)  # as the bundle's `query` workflow does
@@ -349,7 +346,7 @@ class OrganQueryOperator(Operator):
     def _write_files(self, answer: dict[str, Any], text: str, ct: DICOMSeries, source: str) -> None:
         """Copy the probability map and picture into the output folder and write the answer as ``ranking.json``, each
         atomically: a rerun into the same folder never leaves a half-written file beside complete ones."""
-        from scripts.atomic_io import atomic_write, write_json_atomic
+        from medsora.atomic_io import atomic_write, write_json_atomic
 
         files = {"probability_map": "organ_probability.nii.gz", "figure": "organ_probability.png"}
         for key, name in files.items():
@@ -365,7 +362,7 @@ class OrganQueryOperator(Operator):
             "label_convention": self.label_convention,
             "bundle": str(self.bundle_root),
         }
-        write_json_atomic(record, str(self.output_folder / "ranking.json"))
+        write_json_atomic(str(self.output_folder / "ranking.json"), record)
 
 
 # SNOMED CT codes of the seven organs, in the bundle's class order
@@ -411,7 +408,7 @@ class OrganProbabilitySegWriterOperator(Operator):
         from pydicom.sr.codedict import codes
         from pydicom.sr.coding import Code
         from pydicom.uid import JPEGLSLossless
-        from scripts.organ_display import organ_probability_map
+        from medsora.display import organ_probability_map
 
         organ_labels, scores = probability["organ_labels"], probability["scores"]
         ct_datasets = probability["ct_datasets"]

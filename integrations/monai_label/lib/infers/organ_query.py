@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
+from medsora.stages import load_weights
 from monai.transforms import LoadImage
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -57,18 +57,13 @@ def bundle_objects(bundle_root: str, label_convention: str) -> dict[str, Any]:
             f"bundle_root {bundle_root} holds no configs/inference.yaml: pass the Med-SORA bundle directory with "
             "--conf bundle_root <path>."
         )
-    if bundle_root not in sys.path:  # `$import scripts` of the config, as `monai.bundle run` arranges it
-        sys.path.insert(1, bundle_root)
     parser = ConfigParser()
     parser.read_config(config_file)
     parser["bundle_root"] = bundle_root
     parser["label_convention"] = label_convention
 
-    from scripts.alignment import load_weights  # importable only once bundle_root is on sys.path
-
     weights = os.path.join(bundle_root, "models", "model.pt")
-    network = load_weights(parser.get_parsed_content("network_def"), weights,
-                           "python -m monai.bundle run training --config_file bundle/configs/train.yaml")
+    network = load_weights(parser.get_parsed_content("network_def"), weights)
     organ_labels = parser.get_parsed_content("organ_labels")
     return {
         "query": parser.get_parsed_content("query_model"),
@@ -144,7 +139,7 @@ class OrganQueryInfer(BasicInferTask):
 
     @staticmethod
     def _text(data: Mapping[str, Any]) -> str:
-        from scripts.query import parse_query_lines
+        from medsora.query import parse_query_lines
 
         ((_, error),) = parse_query_lines(json.dumps({"text": data.get("text")}).encode("utf-8"))
         if error is not None:
@@ -175,9 +170,9 @@ class OrganQueryInfer(BasicInferTask):
             raise invalid(f"segmentation of {data.get('image_path')!r} failed: {e}") from e
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        from scripts.datalist import image_grid
-        from scripts.organ_display import organ_probability_map
-        from scripts.query import answer_queries, patient_organ_features
+        from medsora.image.datalist import image_grid
+        from medsora.display import organ_probability_map
+        from medsora.query import answer_queries, patient_organ_features
 
         text, result_map = self._text(data), self._result_map(data)
         image = data.get("image")

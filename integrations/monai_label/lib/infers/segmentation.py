@@ -70,7 +70,7 @@ class BundleSegmenter:
 
     @torch.no_grad()
     def __call__(self, image: str, device: str = "cpu") -> str:
-        from scripts.datalist import image_grid  # the Med-SORA bundle's reader of grids
+        from medsora.image.datalist import image_grid  # the Med-SORA bundle's reader of grids
 
         grid = image_grid(image)
         if grid is None:

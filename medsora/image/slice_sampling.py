@@ -19,7 +19,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple_rep
 from torch.nn import functional as F
 
-from .organ_masking import source_name
+from medsora.image.organ_masking import source_name
 
 __all__ = ["SampleSlicesd", "RandSampleSlicesd", "organ_extent", "even_slice_indices", "stratified_slice_indices"]
 

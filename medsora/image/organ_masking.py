@@ -14,70 +14,12 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, SpatialCrop
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from .retrieval_metrics import ORGANS
+from medsora.organs import label_convention
 
-__all__ = ["OrganMaskd", "label_convention", "source_name"]
+__all__ = ["OrganMaskd", "label_convention", "source_name"]  # label_convention: re-exported for configs
 
 logger = logging.getLogger(__name__)
 
-
-def label_convention(
-    conventions: Mapping[str, Mapping[str, Any]], name: str, organs: Sequence[str] = ORGANS
-) -> dict[str, Any]:
-    """The ``organ_labels`` and ``known_labels`` of the label convention ``name``, checked and in class-index order.
-
-    Label ids differ between datasets (BTCV, TotalSegmentator, a site's own), while the network's class indices must
-    not: this turns a named entry of the config's ``label_conventions`` into the two mappings the transforms use, so a
-    convention is chosen with ``--label_convention NAME`` and a new one is added in config, not code.
-
-    Args:
-        conventions: convention name -> ``{"organ_labels": {organ: [ids]}, "known_labels": [ids] or None}``;
-            ``known_labels`` lists every id its label maps may hold (``None`` or absent: any id is accepted).
-        name: the convention to use.
-        organs: the organs, in class-index order; every convention must map exactly these.
-
-    Returns:
-        ``{"organ_labels": {organ: [ids]} in the order of organs, "known_labels": sorted ids or None}``.
-
-    Raises:
-        ValueError: ``name`` is not a convention, or the convention does not map exactly ``organs`` to distinct,
-            non-zero ids that ``known_labels`` contains.
-    """
-    where = f"label_conventions#{name}"
-    if name not in conventions:
-        raise ValueError(
-            f"unknown label convention {name!r}; available: {', '.join(sorted(map(str, conventions)))} (add your own "
-            f"under label_conventions, e.g. --{where} \"{{'organ_labels': {{...}}, 'known_labels': [...]}}\")."
-        )
-    convention = conventions[name]
-    organ_labels = convention.get("organ_labels") if isinstance(convention, Mapping) else None
-    if not isinstance(organ_labels, Mapping):
-        raise ValueError(f"{where} must hold 'organ_labels' (organ -> label ids), got {convention!r}.")
-    missing = [organ for organ in organs if organ not in organ_labels]
-    extra = [organ for organ in organ_labels if organ not in organs]
-    if missing or extra:
-        raise ValueError(
-            f"{where}#organ_labels must map exactly the organs {list(organs)}; missing {missing}, unexpected {extra}."
-        )
-    owner: dict[int, str] = {}
-    ordered: dict[str, list[int]] = {}
-    for organ in organs:
-        ids = organ_labels[organ]
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if not ids or any(isinstance(i, bool) or not isinstance(i, (int, float)) or int(i) != i or i <= 0 for i in ids):
-            raise ValueError(f"{where}#organ_labels#{organ} must be a list of positive label ids, got {ids!r}.")
-        for i in map(int, ids):
-            if i in owner:
-                raise ValueError(f"{where}#organ_labels: label id {i} is listed for both {owner[i]!r} and {organ!r}.")
-            owner[i] = organ
-        ordered[organ] = [int(i) for i in ids]
-    known = convention.get("known_labels")
-    if known is not None:
-        known = sorted({int(i) for i in known})
-        unlisted = sorted(set(owner) - set(known))
-        if unlisted:
-            raise ValueError(f"{where}#known_labels lacks the organ label ids {unlisted}; it must list every id.")
-    return {"organ_labels": ordered, "known_labels": known}
 
 
 def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:

@@ -20,21 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .alignment import load_weights
-from .atomic_io import write_json_atomic, write_text_atomic
-from .evaluation_figures import (
+from medsora.atomic_io import write_json_atomic, write_text_atomic
+from medsora.stages import load_weights
+from medsora.evaluation.figures import (
     fusion_attention_figure,
     organ_correlation_heatmaps,
     query_organ_heatmaps,
     text_feature_map,
 )
-from .evaluation_report import markdown_report, summarize, summarize_reports
-from .experiment_grid import Alignment, ExperimentGrid
-from .lexical_baseline import bm25_organ_scores
-from .query import OrganQuery, run_query
-from .retrieval_metrics import retrieval_report
-from .soft_labels import load_anchors, uses_anchors
-from .text_data import read_corpus
+from medsora.evaluation.report import markdown_report, summarize, summarize_reports
+from medsora.evaluation.grid import Alignment, ExperimentGrid
+from medsora.evaluation.bm25 import bm25_organ_scores
+from medsora.query import OrganQuery, run_query
+from medsora.evaluation.metrics import retrieval_report
+from medsora.text.soft_labels import load_anchors, uses_anchors
+from medsora.text.corpus import read_corpus
 
 __all__ = ["run_paper_evaluation"]
 
@@ -172,7 +172,7 @@ def _ct_figures(grid: ExperimentGrid, seed: int, parser, aligner, figures_dir: s
     preprocessing = parser.get_parsed_content("validate#preprocessing")
     query = OrganQuery(parser.get_parsed_content("text_encoder"), aligner, organs)
     queries = os.path.join(figures_dir, "fig7_queries.jsonl")
-    write_text_atomic("".join(json.dumps({"text": text}) + "\n" for text in example_queries), queries)
+    write_text_atomic(queries, "".join(json.dumps({"text": text}) + "\n" for text in example_queries))
     answers = run_query(query, queries_file=queries, output_file=os.path.join(figures_dir, "fig7_answers.jsonl"),
                         image=case["image"], label=case["label"], maps_dir=os.path.join(figures_dir, "fig7"),
                         organ_labels=parser.get_parsed_content("organ_labels"), image_network=network,
@@ -223,15 +223,15 @@ def run_paper_evaluation(grid: ExperimentGrid, paper_results: Mapping[str, Any],
     corpus = parser.get_parsed_content("corpus")
     metrics = {
         "seeds": grid.seeds,
-        "schedule": {k: v for k, v in grid.overrides.items() if k.endswith("epochs") or k == "val_interval"},
+        "schedule": grid.schedule,
         "test_queries": len(corpus.texts("test")),
         "ood_test_queries": len(corpus.texts("ood_test")),
         "tables": tables,
         "figures": {caption: os.path.relpath(path, report_dir) for caption, path in figures.items()},
         "seconds": round(time.monotonic() - start, 1),
     }
-    write_json_atomic(metrics, metrics_file)
+    write_json_atomic(metrics_file, metrics)
     report = markdown_report(metrics, metrics["figures"], organs)
-    write_text_atomic(report + "\n", report_file)
+    write_text_atomic(report_file, report + "\n")
     print(f"evaluation: {metrics_file}, {report_file} ({metrics['seconds']} s)")
     return metrics

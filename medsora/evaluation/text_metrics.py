@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .alignment import TextImageAligner
-from .atomic_io import write_json_atomic
-from .retrieval_metrics import ood_auroc, retrieval_report, threshold_operating_point
-from .text_data import SymptomCorpus
+from medsora.atomic_io import write_json_atomic
+from medsora.evaluation.metrics import ood_auroc, retrieval_report, threshold_operating_point
+from medsora.text.alignment import TextImageAligner
+from medsora.text.corpus import SymptomCorpus
 
 __all__ = ["organ_name_scores", "text_retrieval_metrics"]
 
@@ -73,5 +73,5 @@ def text_retrieval_metrics(
             },
         }
     if output_file:
-        write_json_atomic(results, output_file)
+        write_json_atomic(output_file, results)
     return results

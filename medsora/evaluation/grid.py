@@ -21,8 +21,8 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from .atomic_io import write_json_atomic
-from .soft_labels import LABEL_MODES, uses_anchors
+from medsora.atomic_io import write_json_atomic
+from medsora.text.soft_labels import LABEL_MODES, uses_anchors
 
 __all__ = ["Alignment", "ExperimentGrid", "slug"]
 
@@ -61,7 +61,8 @@ class ExperimentGrid:
         text_encoders: Table 4 row name -> overrides of ``text_encoder_def`` (``{}`` for the configured default).
         default_structure, default_labeling, default_encoder: the full Med-SORA model's row names; every other
             row changes one of them.
-        overrides: config values handed to every run (schedule, data, label convention, corpus, device).
+        overrides: config values handed to every run (data, label convention, corpus, device).
+        schedule: epoch counts handed to every run (``epochs``, ``val_interval``, ``anchor_epochs``, ...).
         preset_files: config files merged over every run before the ablation (``paper.yaml`` for the paper preset).
     """
 
@@ -77,6 +78,7 @@ class ExperimentGrid:
         default_labeling: str,
         default_encoder: str,
         overrides: Mapping[str, Any],
+        schedule: Mapping[str, Any] | None = None,
         preset_files: Sequence[str] = (),
     ) -> None:
         for name, table, value in (("default_structure", image_structures, default_structure),
@@ -94,7 +96,8 @@ class ExperimentGrid:
         self.image_structures, self.labelings = dict(image_structures), dict(labelings)
         self.text_encoders = {name: dict(values or {}) for name, values in text_encoders.items()}
         self.default = Alignment(-1, default_structure, default_encoder, default_labeling)
-        self.overrides = dict(overrides)
+        self.schedule = dict(schedule or {})
+        self.overrides = {**self.schedule, **overrides}
         self.preset_files = list(preset_files)
 
     def _config(self, name: str) -> str:
@@ -152,7 +155,7 @@ class ExperimentGrid:
         workflow.initialize()
         workflow.run()
         workflow.finalize()
-        write_json_atomic(settings, marker)
+        write_json_atomic(marker, settings)
 
     def train_image(self, seed: int, structure: str) -> dict:
         """``run training`` then the image evaluation of one structure; returns its per-organ image metrics."""

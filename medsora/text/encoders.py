@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .atomic_io import atomic_write
+from medsora.atomic_io import atomic_write
 
 __all__ = ["default_minilm_path", "HFTextEncoder", "OpenAIEmbeddingEncoder", "CachedTextEncoder"]
 

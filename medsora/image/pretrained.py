@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 
-from .networks import ViTEncoder
+from medsora.image.networks import ViTEncoder
 
 __all__ = ["load_vit_weights", "init_encoder", "resize_position_embeddings"]
 

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import ITKReader, load_decathlon_datalist
 
-from . import phantom
+from medsora.image import phantom
 
 __all__ = ["prepare_dataset", "load_datalist", "case_datalist", "check_pair", "image_grid"]
 

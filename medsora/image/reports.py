@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from .atomic_io import write_json_atomic
+from medsora.atomic_io import write_json_atomic
 
 __all__ = ["OrganReportWriter", "OrganPredictionWriter", "organ_report"]
 
@@ -52,7 +52,7 @@ class OrganReportWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        write_json_atomic(organ_report(engine.state.metrics[self.metric_name], self.organs), self.output_file)
+        write_json_atomic(self.output_file, organ_report(engine.state.metrics[self.metric_name], self.organs))
 
 
 class OrganPredictionWriter:
@@ -74,7 +74,7 @@ class OrganPredictionWriter:
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, lambda _: write_json_atomic(self.cases, self.output_file))
+        engine.add_event_handler(Events.COMPLETED, lambda _: write_json_atomic(self.output_file, self.cases))
 
     def collect(self, engine: Engine) -> None:
         for sample, output in zip(engine.state.batch, engine.state.output):

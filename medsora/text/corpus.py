@@ -18,15 +18,12 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
 
 __all__ = [
     "default_corpus_dir",
     "read_corpus",
     "grouped_holdout",
     "SymptomCorpus",
-    "pair_dataset",
-    "prepare_pair",
 ]
 
 
@@ -180,16 +177,3 @@ class SymptomCorpus:
     def domain_pos_weight(self) -> torch.Tensor:
         """``n_out / n_in`` of the training split, so that both domains weigh the same in the gate's loss."""
         return torch.tensor([len(self.records["ood_train"]) / len(self.records["train"])])
-
-
-def pair_dataset(inputs: torch.Tensor, targets: torch.Tensor) -> Dataset:
-    """A dataset of ``(input, target)`` rows for the text trainers."""
-    if len(inputs) != len(targets):
-        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets.")
-    return TensorDataset(inputs, targets)
-
-
-def prepare_pair(batch: Sequence[torch.Tensor], device: torch.device | str, non_blocking: bool = False, **_: Any):
-    """``prepare_batch`` for MONAI engines fed by :func:`pair_dataset`: ``(inputs, targets)`` on ``device``."""
-    inputs, targets = batch
-    return inputs.to(device, non_blocking=non_blocking), targets.to(device, non_blocking=non_blocking)

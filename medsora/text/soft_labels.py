@@ -17,15 +17,15 @@ contradicted.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medsora.stages import load_weights
+
 __all__ = [
     "LABEL_MODES", "OrganAnchors", "AnchorMarginLoss", "soft_labels", "one_hot_labels", "uses_anchors",
-    "training_targets", "load_anchors",
+    "training_targets", "load_anchors", "anchors_for_mode",
 ]
 
 # text head targets: eq. 4 as printed, eq. 4 with the annotated organ at 1, one-hot (Table 2's baseline)
@@ -123,11 +123,9 @@ def training_targets(
 
 def load_anchors(path: str, embedding_dim: int, num_organs: int = 7) -> OrganAnchors:
     """Anchors saved by the ``train_anchors`` stage; the error says how to produce them when the file is missing."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"organ anchors {path} not found: run `python -m monai.bundle run train_anchors --config_file "
-            "\"['bundle/configs/train.yaml','bundle/configs/text.yaml']\"` first."
-        )
-    anchors = OrganAnchors(embedding_dim, num_organs)
-    anchors.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return anchors.eval()
+    return load_weights(OrganAnchors(embedding_dim, num_organs), path)
+
+
+def anchors_for_mode(mode: str, path: str, embedding_dim: int, num_organs: int = 7) -> OrganAnchors | None:
+    """The trained anchors when label ``mode`` needs them (:func:`uses_anchors`), else ``None`` (hard labels)."""
+    return load_anchors(path, embedding_dim, num_organs) if uses_anchors(mode) else None

@@ -14,7 +14,6 @@ cosine terms to be told apart by a text projection alone. The result, :class:`Te
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,13 +22,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .atomic_io import atomic_write
-from .retrieval_metrics import calibrate_threshold
-from .text_model import DomainGate, SymptomTextModel
+from medsora.atomic_io import atomic_write
+from medsora.text.model import DomainGate, SymptomTextModel
+from medsora.thresholds import calibrate_threshold
 
 __all__ = [
-    "load_weights",
-    "organ_feature_bank",
     "OrganTextGroups",
     "prepare_alignment_batch",
     "TextImageAligner",
@@ -37,59 +34,6 @@ __all__ = [
     "finalize_aligner",
     "save_aligner",
 ]
-
-TEXT_CONFIGS = "\"['bundle/configs/train.yaml','bundle/configs/text.yaml']\""
-
-
-def load_weights(module: nn.Module, path: str, produced_by: str) -> nn.Module:
-    """Load a stage's saved weights into ``module`` (in eval mode); a missing file names the command that writes it.
-
-    Args:
-        module: the network, built from the same config as the one that was saved.
-        path: the weights file.
-        produced_by: the bundle run command that writes ``path``.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path} not found: run `{produced_by}` first.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit the configured network (was it trained with another config?): {e}") from e
-    return module.eval()
-
-
-@torch.no_grad()
-def organ_feature_bank(
-    network: nn.Module, datalist: Sequence[dict], transform: Any, num_organs: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused organ features ``F_bar`` of every organ of every CT, with which organs each label map holds.
-
-    Args:
-        network: trained ``MedSoraImageNet``.
-        datalist: ``[{"image": ..., "label": ...}]`` CTs and their label maps.
-        transform: deterministic preprocessing giving one sample per organ (``label`` = class index).
-        num_organs: number of organs.
-        device: where the network runs.
-
-    Returns:
-        ``features`` ``(C, num_organs, D, d)`` (zeros where an organ is absent) and ``present`` ``(C, num_organs)``.
-    """
-    network = network.to(device).eval()
-    per_case: list[dict[int, torch.Tensor]] = []
-    for item in datalist:
-        samples = transform(dict(item))
-        per_case.append(
-            {int(s["label"].reshape(-1)[0]): network.features(s["image"].as_tensor()[None].to(device))[0].cpu()
-             for s in samples}
-        )
-    shape = next(f for case in per_case for f in case.values()).shape
-    features = torch.zeros(len(per_case), num_organs, *shape)
-    present = torch.zeros(len(per_case), num_organs, dtype=torch.bool)
-    for c, case in enumerate(per_case):
-        for organ, feature in case.items():
-            features[c, organ], present[c, organ] = feature, True
-    return features, present
 
 
 class OrganTextGroups(Dataset):
@@ -179,6 +123,10 @@ class TextImageAligner(nn.Module):
         self.text_model.eval()
         self.domain_gate.eval()
         return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the alignment stage trains: ``W_align`` and the image projection (the text model and gate are frozen)."""
+        return [*self.w_align.parameters(), *self.image_projection.parameters()]
 
     def project(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``f_hat = W_align f_bar``, L2-normalised, for embeddings of shape ``(..., dim)``."""

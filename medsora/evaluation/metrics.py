@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from medsora.organs import ORGANS, check_organs, descending_order
+from medsora.thresholds import check_score_vector, threshold_operating_point
+
 __all__ = [
-    "ORGANS",
     "label_matrix",
-    "rank_organs",
     "rank_k",
     "classwise_average_precision",
     "classwise_map",
@@ -31,19 +32,7 @@ __all__ = [
     "retrieval_report",
     "ood_auroc",
     "threshold_operating_point",
-    "calibrate_threshold",
 ]
-
-ORGANS = ("liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland")
-
-
-def _check_organs(organs: Sequence[str]) -> list[str]:
-    organs = list(organs)
-    if not organs:
-        raise ValueError("organs is empty; at least one organ is needed.")
-    if len(set(organs)) != len(organs):
-        raise ValueError(f"organs must be distinct; got {organs}.")
-    return organs
 
 
 def label_matrix(labels: Sequence[Sequence[str]], organs: Sequence[str] = ORGANS) -> np.ndarray:
@@ -60,7 +49,7 @@ def label_matrix(labels: Sequence[Sequence[str]], organs: Sequence[str] = ORGANS
         ValueError: a name not in ``organs`` (the message names it and the query index), or a query given as a
             bare string instead of a sequence of names.
     """
-    organs = _check_organs(organs)
+    organs = check_organs(organs)
     column = {organ: j for j, organ in enumerate(organs)}
     matrix = np.zeros((len(labels), len(organs)), dtype=bool)
     for i, names in enumerate(labels):
@@ -71,11 +60,6 @@ def label_matrix(labels: Sequence[Sequence[str]], organs: Sequence[str] = ORGANS
                 raise ValueError(f"query {i}: unknown organ {name!r}; expected one of {organs}.")
             matrix[i, column[name]] = True
     return matrix
-
-
-def _descending_order(scores: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Indices sorting ``scores`` by descending value along ``axis``; ties keep index order (stable sort)."""
-    return np.argsort(-scores, axis=axis, kind="stable")
 
 
 def _check_scores(scores: Any, organs: Sequence[str]) -> np.ndarray:
@@ -115,7 +99,7 @@ def _check_labels(labels: Any, shape: tuple[int, int], organs: Sequence[str]) ->
 
 
 def _inputs(scores: Any, labels: Any, organs: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    organs = _check_organs(organs)
+    organs = check_organs(organs)
     scores = _check_scores(scores, organs)
     return scores, _check_labels(labels, scores.shape, organs), organs
 
@@ -127,25 +111,6 @@ def _average_precision(relevant: np.ndarray) -> np.ndarray:
     positives = relevant.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(positives > 0, (precision * relevant).sum(axis=1) / positives, np.nan)
-
-
-def rank_organs(scores_row: Any, organs: Sequence[str] = ORGANS) -> list[str]:
-    """Organs by descending score; ties keep the canonical order of ``organs`` (earlier organ first).
-
-    Args:
-        scores_row: ``(K,)`` scores of one query.
-        organs: organ names in score order.
-
-    Returns:
-        Organ names, best first.
-    """
-    organs = _check_organs(organs)
-    row = np.asarray(scores_row, dtype=np.float64)
-    if row.shape != (len(organs),):
-        raise ValueError(f"scores_row must have shape ({len(organs)},); got {row.shape}.")
-    if np.isnan(row).any():
-        raise ValueError("scores_row contains NaN.")
-    return [organs[j] for j in _descending_order(row)]
 
 
 def rank_k(scores: Any, labels: Any, k: int, organs: Sequence[str] = ORGANS) -> float:
@@ -163,7 +128,7 @@ def rank_k(scores: Any, labels: Any, k: int, organs: Sequence[str] = ORGANS) -> 
     scores, labels, organs = _inputs(scores, labels, organs)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(organs):
         raise ValueError(f"k must be an integer in [1, {len(organs)}]; got {k!r}.")
-    top = _descending_order(scores, axis=1)[:, :k]
+    top = descending_order(scores, axis=1)[:, :k]
     return float(np.take_along_axis(labels, top, axis=1).any(axis=1).mean())
 
 
@@ -181,7 +146,7 @@ def classwise_average_precision(
         organ -> AP; ``None`` for an organ that no query is labelled with (its AP is undefined).
     """
     scores, labels, organs = _inputs(scores, labels, organs)
-    order = _descending_order(scores.T, axis=1)
+    order = descending_order(scores.T, axis=1)
     ap = _average_precision(np.take_along_axis(labels.T, order, axis=1))
     return {organ: None if np.isnan(value) else float(value) for organ, value in zip(organs, ap)}
 
@@ -221,7 +186,7 @@ def querywise_average_precision(scores: Any, labels: Any, organs: Sequence[str] 
         ``(Q,)`` float array of APs.
     """
     scores, labels, _ = _inputs(scores, labels, organs)
-    order = _descending_order(scores, axis=1)
+    order = descending_order(scores, axis=1)
     return _average_precision(np.take_along_axis(labels, order, axis=1))
 
 
@@ -265,17 +230,6 @@ def retrieval_report(
     return report
 
 
-def _check_max_scores(values: Any, name: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of maximum organ scores; got shape {values.shape}.")
-    if values.size == 0:
-        raise ValueError(f"{name} is empty.")
-    if not np.isfinite(values).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return values
-
-
 def ood_auroc(in_domain_scores: Any, ood_scores: Any) -> float:
     """AUROC of the maximum organ score separating abdominal (positive) from non-abdominal queries.
 
@@ -289,64 +243,8 @@ def ood_auroc(in_domain_scores: Any, ood_scores: Any) -> float:
     Returns:
         AUROC in ``[0, 1]``; 0.5 when the two sets cannot be told apart.
     """
-    inside = _check_max_scores(in_domain_scores, "in_domain_scores")
-    outside = np.sort(_check_max_scores(ood_scores, "ood_scores"))
+    inside = check_score_vector(in_domain_scores, "in_domain_scores")
+    outside = np.sort(check_score_vector(ood_scores, "ood_scores"))
     below = np.searchsorted(outside, inside, side="left")
     ties = np.searchsorted(outside, inside, side="right") - below
     return float((below.sum() + 0.5 * ties.sum()) / (inside.size * outside.size))
-
-
-def threshold_operating_point(in_scores: Any, ood_scores: Any, threshold: float) -> dict[str, float]:
-    """In-domain recall and out-of-domain rejection of a threshold on the maximum organ score.
-
-    A query is accepted as abdominal when its maximum score is ``>= threshold``.
-
-    Args:
-        in_scores: ``(N,)`` maximum organ scores of abdominal queries.
-        ood_scores: ``(M,)`` maximum organ scores of non-abdominal queries.
-        threshold: the threshold.
-
-    Returns:
-        ``{"threshold", "in_domain_recall", "ood_rejection"}``, the last two as fractions in ``[0, 1]``.
-    """
-    inside = _check_max_scores(in_scores, "in_scores")
-    outside = _check_max_scores(ood_scores, "ood_scores")
-    threshold = float(threshold)
-    if np.isnan(threshold):
-        raise ValueError("threshold is NaN.")
-    return {
-        "threshold": threshold,
-        "in_domain_recall": float(np.mean(inside >= threshold)),
-        "ood_rejection": float(np.mean(outside < threshold)),
-    }
-
-
-def calibrate_threshold(in_scores: Any, ood_scores: Any, min_in_domain_recall: float | None = None) -> float:
-    """Threshold on the maximum organ score that separates abdominal from non-abdominal queries.
-
-    Candidates are the smallest observed score (accept everything) and the midpoints between consecutive distinct
-    observed scores of both sets, so a chosen threshold never sits exactly on a calibration score.
-
-    Args:
-        in_scores: ``(N,)`` maximum organ scores of abdominal queries.
-        ood_scores: ``(M,)`` maximum organ scores of non-abdominal queries.
-        min_in_domain_recall: if given, in ``(0, 1]``: the largest candidate whose in-domain recall is at least
-            this; if ``None``: the candidate maximising Youden's J (recall + rejection - 1), the smallest on ties.
-
-    Returns:
-        The threshold (accept a query when its maximum score is ``>= threshold``).
-    """
-    inside = np.sort(_check_max_scores(in_scores, "in_scores"))
-    outside = np.sort(_check_max_scores(ood_scores, "ood_scores"))
-    values = np.unique(np.concatenate([inside, outside]))
-    candidates = np.concatenate([values[:1], values[:-1] + (values[1:] - values[:-1]) / 2])
-    accepted = inside.size - np.searchsorted(inside, candidates, side="left")
-    rejected = np.searchsorted(outside, candidates, side="left")
-    if min_in_domain_recall is None:
-        youden = accepted * outside.size + rejected * inside.size  # (J + 1) * N * M, exact in integers
-        return float(candidates[int(np.argmax(youden))])
-    recall = float(min_in_domain_recall)
-    if not 0.0 < recall <= 1.0:
-        raise ValueError(f"min_in_domain_recall must be in (0, 1]; got {min_in_domain_recall!r}.")
-    keeps = np.nonzero(accepted / inside.size >= recall)[0]
-    return float(candidates[keeps[-1]])

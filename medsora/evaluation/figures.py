@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .atomic_io import atomic_write
+from medsora.atomic_io import atomic_write
 
 __all__ = ["text_feature_map", "organ_correlation_heatmaps", "query_organ_heatmaps", "fusion_attention_figure"]
 
@@ -136,7 +136,7 @@ def query_organ_heatmaps(scores: np.ndarray, labels: np.ndarray, organs: Sequenc
         path: PNG to write.
         title: the model's name, for the figure title.
     """
-    from .retrieval_metrics import rank_organs
+    from medsora.organs import rank_organs
 
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     k = len(organs)

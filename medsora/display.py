@@ -19,14 +19,13 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, io_orientation
 
-from . import retrieval_metrics
-from .atomic_io import atomic_write
+from medsora.atomic_io import atomic_write
+from medsora.organs import rank_organs
 
 __all__ = [
     "DisplaySlices",
     "display_slices",
     "organ_probability_map",
-    "rank_organs",
     "render_query_figure",
     "save_probability_map",
     "wrap_text",
@@ -109,18 +108,6 @@ def _check_affine(affine: np.ndarray) -> np.ndarray:
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ValueError("affine is singular: its 3x3 part has no inverse.")
     return affine
-
-
-def rank_organs(scores: Mapping[str, float]) -> list[str]:
-    """Organs by descending score; ties keep the order of ``scores``.
-
-    Args:
-        scores: organ name -> score.
-
-    Returns:
-        Organ names, best first.
-    """
-    return retrieval_metrics.rank_organs([float(scores[organ]) for organ in scores], list(scores))
 
 
 def organ_probability_map(

@@ -10,14 +10,15 @@ last axis. The paper writes the same volume as ``D x H x W``, so its 3D patch ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.nets import ViT
 from torch import nn
 
-__all__ = ["ViTEncoder", "CrossAttentionFusion", "ConcatFusion", "MedSoraImageNet", "BRANCHES", "organ_probabilities"]
+__all__ = ["ViTEncoder", "CrossAttentionFusion", "ConcatFusion", "MedSoraImageNet", "BRANCHES", "organ_probabilities",
+           "parameter_groups"]
 
 #: Names of the classification branches, in the order they appear on the output's branch axis.
 BRANCHES = ("2d", "3d", "fusion")
@@ -245,3 +246,13 @@ def organ_probabilities(logits: torch.Tensor) -> torch.Tensor:
         ``(N,)`` or ``(B, N)`` probabilities.
     """
     return logits[..., -1, :, :].mean(dim=-2).softmax(dim=-1)
+
+
+def parameter_groups(network: MedSoraImageNet, lr_2d: float) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the (pretrained) slice encoder at ``lr_2d``, everything else at the optimizer's lr.
+
+    A network without a slice encoder (the 3D-only ablation) has only the second group.
+    """
+    groups = [{"params": list(network.encoder_2d.parameters()), "lr": lr_2d}] if network.encoder_2d is not None else []
+    rest = [p for name, p in network.named_parameters() if not name.startswith("encoder_2d.")]
+    return groups + [{"params": rest}]

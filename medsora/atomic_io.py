@@ -1,7 +1,11 @@
 # Copyright Med-SORA contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); see LICENSE.
 
-"""Atomic file writes: an interrupted run leaves the previous file or the new one, never a truncated one."""
+"""Atomic file writes: an interrupted run leaves the previous file or the new one, never a truncated one.
+
+Used by everything that writes a result (weights, maps, reports, corpus stages): the temporary file is written in
+the destination directory, flushed to disk, given the permissions ``open()`` would, then renamed over ``path``.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
@@ -36,16 +42,16 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(text: str, path: str) -> None:
-    """Write ``text`` as UTF-8, atomically."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` as UTF-8 with ``\\n`` line ends, atomically."""
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
 
     atomic_write(path, write, os.path.splitext(path)[1])
 
 
-def write_json_atomic(obj: Any, path: str) -> None:
+def write_json_atomic(path: str, obj: Any) -> None:
     """Write ``obj`` as indented UTF-8 JSON, atomically."""
-    write_text_atomic(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", path)
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

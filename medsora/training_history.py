@@ -9,7 +9,7 @@ import logging
 
 from ignite.engine import Engine, Events
 
-from .atomic_io import write_json_atomic
+from medsora.atomic_io import write_json_atomic
 
 __all__ = ["LossHistory"]
 
@@ -53,4 +53,4 @@ class LossHistory:
             self.logger.info(f"{self.name} epoch {epoch}/{engine.state.max_epochs}: loss {self.epoch_loss[-1]:.5f}")
 
     def _write(self, _: Engine) -> None:
-        write_json_atomic({"stage": self.name, "epoch_loss": self.epoch_loss}, self.history_file)
+        write_json_atomic(self.history_file, {"stage": self.name, "epoch_loss": self.epoch_loss})
