@@ -40,13 +40,20 @@ SEGMENTATION_IDS = {1: 6, 2: 2}
 
 
 def write_segmentation_bundle(root):
-    """A complete MONAI segmentation bundle in the model-zoo layout, with real (hand-set) weights."""
+    """A complete MONAI segmentation bundle in the model-zoo layout, with real (hand-set) weights and, like zoo bundles,
+    its own code in a ``scripts`` package that its config imports."""
     (root / "configs").mkdir(parents=True)
     (root / "models").mkdir()
+    (root / "scripts").mkdir()
+    (root / "scripts" / "__init__.py").write_text("from . import networks\n")
+    (root / "scripts" / "networks.py").write_text(
+        "import torch\n\n\nclass VoxelClassifier(torch.nn.Conv3d):\n"
+        "    def __init__(self, classes):\n        super().__init__(1, classes, 1)\n"
+    )
     config = {
-        "imports": ["$import torch"],
+        "imports": ["$import torch", "$import scripts"],
         "bundle_root": ".",
-        "network_def": {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 3, "kernel_size": 1},
+        "network_def": {"_target_": "scripts.networks.VoxelClassifier", "classes": 3},
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": "image", "image_only": True, "ensure_channel_first": True},
             {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},

@@ -8,15 +8,18 @@ The bundle is read like a model-zoo bundle: ``configs/inference.json`` (or ``.ya
 the label map back on the input CT's grid (``Invertd``, as model-zoo segmentation bundles do); ``SaveImaged`` steps
 are skipped, the map is written here. Its label ids must follow the app's ``label_convention``.
 
-MONAI Label's ``BundleInferTask`` is not used for this step: it unloads and re-imports the ``scripts`` package of the
-bundle it runs, and that name is taken in this process by the Med-SORA bundle's own ``scripts``. For the same reason
-a segmentation bundle that ships a ``scripts`` package is refused.
+A model-zoo bundle keeps its own code in a ``scripts`` package that its config imports; it is loaded here from the
+bundle's directory under that name (the Med-SORA code is the ``medsora`` library, so the name is free), without
+adding the bundle to ``sys.path``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import tempfile
+import types
 
 import nibabel as nib
 import numpy as np
@@ -26,6 +29,26 @@ from monai.transforms import Compose, SaveImaged
 
 CONFIG_NAMES = ("inference.json", "inference.yaml")
 REQUIRED_KEYS = ("network_def", "preprocessing", "inferer", "postprocessing")
+
+
+def load_bundle_scripts(bundle_dir: str) -> None:
+    """Make ``bundle_dir/scripts`` the importable package ``scripts`` (replacing any earlier one), so the bundle's
+    ``$import scripts`` and ``scripts.*`` targets resolve; a bundle without one leaves nothing behind."""
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+    directory = os.path.join(bundle_dir, "scripts")
+    if not os.path.isdir(directory):
+        return
+    init = os.path.join(directory, "__init__.py")
+    if os.path.isfile(init):
+        spec = importlib.util.spec_from_file_location("scripts", init, submodule_search_locations=[directory])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["scripts"] = module
+        spec.loader.exec_module(module)
+    else:  # a namespace package: its modules are found on __path__
+        module = types.ModuleType("scripts")
+        module.__path__ = [directory]
+        sys.modules["scripts"] = module
 
 
 class BundleSegmenter:
@@ -42,14 +65,10 @@ class BundleSegmenter:
         config = next((c for c in configs if os.path.isfile(c)), None)
         if config is None:
             raise FileNotFoundError(f"segmentation_bundle {bundle_dir} has none of {configs}.")
-        if os.path.isdir(os.path.join(bundle_dir, "scripts")):
-            raise ValueError(
-                f"segmentation_bundle {bundle_dir} ships a 'scripts' package, which cannot be imported next to the "
-                "Med-SORA bundle's; export its label maps with `python -m monai.bundle run` and upload them as 'label'."
-            )
         weights = os.path.join(bundle_dir, "models", "model.pt")
         if not os.path.isfile(weights):
             raise FileNotFoundError(f"segmentation_bundle {bundle_dir} has no weights file {weights}.")
+        load_bundle_scripts(bundle_dir)
         parser = ConfigParser()
         parser.read_config(config)
         parser["bundle_root"] = bundle_dir
