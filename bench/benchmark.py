@@ -45,7 +45,12 @@ PRESET_CONFIGS = {
 DEFAULT_BATCH = {"cpu": 28, "paper": 7}
 # (steps, warm-up) per preset and device. A paper-preset step on two CPU cores takes minutes and about 19 GiB,
 # so there it runs one organ sample for few steps; everything else gets enough steps for stable medians.
-DEFAULT_STEPS = {("cpu", "cpu"): (10, 2), ("paper", "cpu"): (2, 1), ("cpu", "cuda"): (50, 10), ("paper", "cuda"): (20, 5)}
+DEFAULT_STEPS = {
+    ("cpu", "cpu"): (10, 2),
+    ("paper", "cpu"): (2, 1),
+    ("cpu", "cuda"): (50, 10),
+    ("paper", "cuda"): (20, 5),
+}
 PAPER_CPU_BATCH = 1
 GIB = 2.0**30
 
@@ -325,7 +330,9 @@ def run_preset(preset: str, device: torch.device, args: argparse.Namespace) -> P
     infer_mem: dict[str, float] = {}
     with peak_memory(device, baseline_gib, infer_mem), torch.no_grad(), autocast(device, cfg.amp_dtype):
         one_times = time_calls(lambda: network(x[:1]), device, cfg.steps, cfg.warmup)
-        batch_times = one_times if cfg.batch_size == 1 else time_calls(lambda: network(x), device, cfg.steps, cfg.warmup)
+        batch_times = (
+            one_times if cfg.batch_size == 1 else time_calls(lambda: network(x), device, cfg.steps, cfg.warmup)
+        )
 
     step_s = statistics.median(train_times)
     one_s, batch_s = statistics.median(one_times), statistics.median(batch_times) / cfg.batch_size
@@ -371,7 +378,11 @@ def environment(device: torch.device, amp_dtypes: set[str | None], peaks: dict[s
         name = platform.processor() or platform.machine()
         cpuinfo = Path("/proc/cpuinfo")
         if cpuinfo.exists():
-            models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+            models = [
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ]
             name = f"{models[0]} ({len(models)} logical cores)" if models else name
     return {
         "python": platform.python_version(),
@@ -422,7 +433,10 @@ def format_table(results: list[PresetResult]) -> str:
     col_width = max(12, *(len(c) for row in cells for c in row), *(len(r.settings.preset) for r in results))
     lines = [f"{'preset':<{label_width}} | " + " | ".join(f"{r.settings.preset:>{col_width}}" for r in results)]
     lines.append("-" * len(lines[0]))
-    lines += [f"{label:<{label_width}} | " + " | ".join(f"{c:>{col_width}}" for c in row) for (label, _), row in zip(rows, cells)]
+    lines += [
+        f"{label:<{label_width}} | " + " | ".join(f"{c:>{col_width}}" for c in row)
+        for (label, _), row in zip(rows, cells)
+    ]
     return "\n".join(lines)
 
 
@@ -439,7 +453,9 @@ def print_report(env: dict, results: list[PresetResult], total_s: float) -> None
     if results[0].settings.device == "cpu":
         print("  CPU memory is resident set size (ru_maxrss) above the RSS before the network was built;")
         print("  it includes allocator slack, so it bounds tensor memory from above.")
-    print("  FLOPs: torch.utils.flop_counter on fwd + loss + bwd (optimizer update not counted); samples are organ crops.")
+    print(
+        "  FLOPs: torch.utils.flop_counter on fwd + loss + bwd (optimizer update not counted); samples are organ crops."
+    )
     print(f"\nTotal benchmark time: {total_s:,.0f} s")
 
 
@@ -452,9 +468,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--presets", default="cpu,paper", help="comma-separated: cpu, paper (default: both)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="auto: bf16/fp16 on CUDA only")
-    parser.add_argument("--batch_size", type=int, default=0, help="organ samples per step (default 28 cpu, 7 paper; 1 for paper on CPU)")
+    parser.add_argument(
+        "--batch_size", type=int, default=0, help="organ samples per step (default 28 cpu, 7 paper; 1 for paper on CPU)"
+    )
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default per preset and device)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default per preset and device)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed warm-up steps (default per preset and device)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output_json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -478,8 +498,11 @@ def main(argv: list[str] | None = None) -> list[PresetResult]:
     amp_dtypes = {resolve_amp(device, args.amp)}
     args.peak_tflops = {dtype: matmul_peak_tflops(device, dtype) for dtype in amp_dtypes}
     env = environment(device, amp_dtypes, args.peak_tflops)
-    print(f"torch {env['torch']}, monai {env['monai']}, {env['device_name']}, {env['torch_threads']} threads, "
-          f"matmul peak {env['matmul_peak_tflops']} TFLOP/s", flush=True)
+    print(
+        f"torch {env['torch']}, monai {env['monai']}, {env['device_name']}, {env['torch_threads']} threads, "
+        f"matmul peak {env['matmul_peak_tflops']} TFLOP/s",
+        flush=True,
+    )
     torch.manual_seed(0)
     results = []
     for preset in args.presets:

@@ -73,10 +73,16 @@ def main() -> None:
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "model_load_s": round(load_s, 2),
-        "single_query_ms": {"p50": round(statistics.median(latencies), 2), "p95": round(cuts[18], 2),
-                            "n": len(latencies)},
-        "batch": {"queries": len(answers), "seconds": round(batch_s, 2),
-                  "queries_per_s": round(len(answers) / batch_s, 1)},
+        "single_query_ms": {
+            "p50": round(statistics.median(latencies), 2),
+            "p95": round(cuts[18], 2),
+            "n": len(latencies),
+        },
+        "batch": {
+            "queries": len(answers),
+            "seconds": round(batch_s, 2),
+            "queries_per_s": round(len(answers) / batch_s, 1),
+        },
     }
     print(json.dumps(result, indent=1))
     if args.output_json:

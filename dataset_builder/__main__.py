@@ -18,10 +18,14 @@ from .reproduce import verify
 def _setup_logging(out: str) -> None:
     """Warnings to stderr and to <out>/stages/build.log."""
     os.makedirs(os.path.join(out, "stages"), exist_ok=True)
-    handlers = [logging.StreamHandler(), logging.FileHandler(os.path.join(out, "stages", "build.log"), encoding="utf-8")]
+    handlers = [
+        logging.StreamHandler(),
+        logging.FileHandler(os.path.join(out, "stages", "build.log"), encoding="utf-8"),
+    ]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", handlers=handlers, force=True)
     for noisy in ("httpx", "openai", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
 
 def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
     counts = stats.get("counts", {})
@@ -35,6 +39,7 @@ def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
         for reason, n in reasons.items():
             print(f"dropped [{stage}] {reason}: {n}")
     print(f"LLM calls: {stats.get('llm_calls', 0)}, cache hits: {stats.get('llm_cache_hits', 0)}")
+
 
 class Commands:
     """Build the Med-SORA symptom corpus; every stage is also a command of its own."""
@@ -95,12 +100,14 @@ class Commands:
             sys.exit(f"[verify] differs from {corpus}: {', '.join(differing)}")
         print(f"[verify] {corpus} reproduced byte for byte")
 
+
 def main() -> None:
     """Entry point; a StageError ends the run with its message and exit status 1, no traceback."""
     try:
         fire.Fire(Commands)
     except StageError as err:
         sys.exit(f"error: {err}")
+
 
 if __name__ == "__main__":
     main()

@@ -36,13 +36,14 @@ def group_sentences(sents: list[str], min_n: int, max_n: int) -> list[list[str]]
     out, start = [], 0
     for i in range(k):
         size = base + (1 if i < extra else 0)
-        out.append(sents[start:start + size])
+        out.append(sents[start : start + size])
         start += size
     return out
 
 
-def chunk_record(record: dict[str, Any], ccfg: dict[str, Any], segmenter: Any,
-                 boilerplate: list[re.Pattern[str]]) -> list[dict[str, Any]]:
+def chunk_record(
+    record: dict[str, Any], ccfg: dict[str, Any], segmenter: Any, boilerplate: list[re.Pattern[str]]
+) -> list[dict[str, Any]]:
     """Chunks of one retrieved record (one chunk for structured records)."""
     if record["findings"]:
         return [{**record, "doc_id": record["id"], "chunk": 0}]
@@ -52,8 +53,9 @@ def chunk_record(record: dict[str, Any], ccfg: dict[str, Any], segmenter: Any,
         text = " ".join(group)
         if len(text) < int(ccfg["min_chars"]):
             continue
-        chunks.append({**record, "id": stable_id(record["id"], str(i)), "doc_id": record["id"],
-                       "chunk": i, "text": text})
+        chunks.append(
+            {**record, "id": stable_id(record["id"], str(i)), "doc_id": record["id"], "chunk": i, "text": text}
+        )
     return chunks
 
 

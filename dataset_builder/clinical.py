@@ -34,8 +34,18 @@ STYLES = (
     "{findings}.",
     "Seen in clinic for {findings}.",
 )
-PATIENTS = ("A 54-year-old man", "A 38-year-old woman", "67F", "45M", "An elderly patient", "A 29-year-old",
-            "72-year-old man", "A middle-aged woman", "60M", "A 33-year-old man")
+PATIENTS = (
+    "A 54-year-old man",
+    "A 38-year-old woman",
+    "67F",
+    "45M",
+    "An elderly patient",
+    "A 29-year-old",
+    "72-year-old man",
+    "A middle-aged woman",
+    "60M",
+    "A 33-year-old man",
+)
 
 
 def load_table(path: str = DEFAULT_TABLE, organs: list[str] | None = None) -> dict[str, Any]:
@@ -75,8 +85,15 @@ def compose(pool: list[str], table: dict[str, Any], rng: random.Random, shared: 
     return text[0].upper() + text[1:], findings
 
 
-def _records(pools: dict[str, list[str]], count: int, table: dict[str, Any], rng: random.Random, version: str,
-             identifier: str, domain: str) -> list[dict[str, Any]]:
+def _records(
+    pools: dict[str, list[str]],
+    count: int,
+    table: dict[str, Any],
+    rng: random.Random,
+    version: str,
+    identifier: str,
+    domain: str,
+) -> list[dict[str, Any]]:
     """``count`` distinct texts per pool (an organ, or a body system for out-of-domain texts)."""
     records, seen = [], set()
     for name, pool in pools.items():
@@ -89,10 +106,20 @@ def _records(pools: dict[str, list[str]], count: int, table: dict[str, Any], rng
             seen.add(text.lower())
             made += 1
             key = "organ" if domain == "organ" else "branch"
-            record = {"id": sha256(f"clinical:{name}:{text}")[:16], "text": text, key: name, "source": "clinical",
-                      "group": f"clinical:{name}:{sha256(findings[0])[:12]}",
-                      "provenance": {"source": "clinical", "method": "offline-templates", "findings": findings,
-                                     "identifier": identifier, "version": f"table sha256 {version}"}}
+            record = {
+                "id": sha256(f"clinical:{name}:{text}")[:16],
+                "text": text,
+                key: name,
+                "source": "clinical",
+                "group": f"clinical:{name}:{sha256(findings[0])[:12]}",
+                "provenance": {
+                    "source": "clinical",
+                    "method": "offline-templates",
+                    "findings": findings,
+                    "identifier": identifier,
+                    "version": f"table sha256 {version}",
+                },
+            }
             if domain == "ood":
                 record.update(labels=[], domain="ood")
             records.append(record)
@@ -113,8 +140,9 @@ def clinical_records(cfg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
     identifier = os.path.basename(path)
     organs = {organ: table["organs"][organ] for organ in cfg["organs"]}
     inside = _records(organs, int(ccfg["texts_per_organ"]), table, rng, version, identifier, "organ")
-    outside = _records(table.get("out_of_domain") or {}, int(ccfg["ood_texts_per_branch"]), table, rng, version,
-                       identifier, "ood")
+    outside = _records(
+        table.get("out_of_domain") or {}, int(ccfg["ood_texts_per_branch"]), table, rng, version, identifier, "ood"
+    )
     return inside, outside
 
 

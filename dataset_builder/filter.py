@@ -39,16 +39,28 @@ def run(cfg: dict[str, Any], in_path: str, out_path: str, work_dir: str) -> dict
         def work(chunk: dict[str, Any]) -> list[dict[str, Any]]:
             if not chunk["text"].strip():
                 return [{"dropped": "no text to judge"}]
-            answer = client.ask(prompts.messages(prompts.FILTER_PROMPT, chunk=chunk["text"], organs=", ".join(ORGANS)),
-                                "symptom_filter", prompts.FILTER_SCHEMA, chunk["id"])
+            answer = client.ask(
+                prompts.messages(prompts.FILTER_PROMPT, chunk=chunk["text"], organs=", ".join(ORGANS)),
+                "symptom_filter",
+                prompts.FILTER_SCHEMA,
+                chunk["id"],
+            )
             if answer is None:
                 return [{"dropped": "schema-invalid answer"}]
             if not answer["about_symptoms"]:
                 return [{"dropped": "not about symptoms (LLM)"}]
-            return [{**chunk, "filter": {"organs": [o for o in ORGANS if o in answer["organs"]],
-                                         "model": cfg["llm"]["model"],
-                                         "prompt_hash": prompts.prompt_hash(prompts.FILTER_PROMPT)}}]
+            return [
+                {
+                    **chunk,
+                    "filter": {
+                        "organs": [o for o in ORGANS if o in answer["organs"]],
+                        "model": cfg["llm"]["model"],
+                        "prompt_hash": prompts.prompt_hash(prompts.FILTER_PROMPT),
+                    },
+                }
+            ]
     else:
+
         def work(chunk: dict[str, Any]) -> list[dict[str, Any]]:
             reason = offline_reason(chunk)
             return [{"dropped": reason}] if reason else [chunk]

@@ -33,8 +33,14 @@ def specificity(organ: str | None, findings: list[dict[str, Any]]) -> float:
     return max(f["lift"].get(organ, 0.0) if "hpo_id" in f else CODED for f in findings)
 
 
-def text_record(chunk: dict[str, Any], text: str, content: str, findings: list[dict[str, Any]],
-                labels: list[str], method: dict[str, Any]) -> dict[str, Any]:
+def text_record(
+    chunk: dict[str, Any],
+    text: str,
+    content: str,
+    findings: list[dict[str, Any]],
+    labels: list[str],
+    method: dict[str, Any],
+) -> dict[str, Any]:
     """A generated text with everything later stages and users need to trace it back."""
     return {
         "id": stable_id(chunk["id"], text),
@@ -59,24 +65,42 @@ def run(cfg: dict[str, Any], in_path: str, out_path: str, work_dir: str) -> dict
         from .llm import LLMClient
 
         n = int(cfg["llm"]["texts_per_chunk"])
-        client = LLMClient(cfg["llm"], cfg["llm"].get("cache_dir") or os.path.join(work_dir, "cache", "llm"), "generate")
-        method = {"method": "llm", "model": cfg["llm"]["model"],
-                  "prompt_hash": prompts.prompt_hash(prompts.GENERATE_PROMPT)}
+        client = LLMClient(
+            cfg["llm"], cfg["llm"].get("cache_dir") or os.path.join(work_dir, "cache", "llm"), "generate"
+        )
+        method = {
+            "method": "llm",
+            "model": cfg["llm"]["model"],
+            "prompt_hash": prompts.prompt_hash(prompts.GENERATE_PROMPT),
+        }
 
         def work(chunk: dict[str, Any]) -> list[dict[str, Any]]:
             organ = (chunk["organ"] or "organ").replace("_", " ")
-            answer = client.ask(prompts.messages(prompts.GENERATE_PROMPT, chunk=chunk["text"], n=n, organ=organ),
-                                "symptom_texts", prompts.generate_schema(n), chunk["id"])
+            answer = client.ask(
+                prompts.messages(prompts.GENERATE_PROMPT, chunk=chunk["text"], n=n, organ=organ),
+                "symptom_texts",
+                prompts.generate_schema(n),
+                chunk["id"],
+            )
             if answer is None:
                 return [{"dropped": "schema-invalid answer"}]
             labels = organ_labels(chunk["organ"], [], extra_organs=chunk.get("filter", {}).get("organs", []))
             return [text_record(chunk, t.strip(), t.strip(), [], labels, method) for t in answer["texts"]]
     else:
+
         def work(chunk: dict[str, Any]) -> list[dict[str, Any]]:
             out = []
             for item in generate_offline(chunk, cfg):
-                labels = (organ_labels(chunk["organ"], item["findings"], float(scfg["label_disease_share"]),
-                                       int(scfg["label_min_diseases"])) if chunk["organ"] else [])
+                labels = (
+                    organ_labels(
+                        chunk["organ"],
+                        item["findings"],
+                        float(scfg["label_disease_share"]),
+                        int(scfg["label_min_diseases"]),
+                    )
+                    if chunk["organ"]
+                    else []
+                )
                 method = {"method": "offline-templates", "findings": _finding_ids(item["findings"])}
                 record = text_record(chunk, item["text"], item["content"], item["findings"], labels, method)
                 out.append({**record, "specificity": specificity(chunk["organ"], item["findings"])})
@@ -84,6 +108,9 @@ def run(cfg: dict[str, Any], in_path: str, out_path: str, work_dir: str) -> dict
 
     results = run_resumable(chunks, work, out_path, "generate", fingerprint(cfg, in_path))
     texts = [r for r in results if "dropped" not in r]
-    return {"chunks": len(chunks), "texts": len(texts),
-            "dropped": {"schema-invalid answer": sum("dropped" in r for r in results)},
-            "llm": client.stats if cfg["mode"] == "llm" else {}}
+    return {
+        "chunks": len(chunks),
+        "texts": len(texts),
+        "dropped": {"schema-invalid answer": sum("dropped" in r for r in results)},
+        "llm": client.stats if cfg["mode"] == "llm" else {},
+    }

@@ -110,8 +110,13 @@ def fingerprint(cfg: dict[str, Any], in_path: str) -> str:
     return digest.hexdigest()
 
 
-def run_resumable(items: list[dict[str, Any]], work: Callable[[dict[str, Any]], list[dict[str, Any]]],
-                  out_path: str, desc: str, key: str = "") -> list[dict[str, Any]]:
+def run_resumable(
+    items: list[dict[str, Any]],
+    work: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    out_path: str,
+    desc: str,
+    key: str = "",
+) -> list[dict[str, Any]]:
     """Apply `work` to every item not yet checkpointed, then write all results in input order.
 
     `work` may return a tombstone `{"dropped": reason}` for an item it rejects: checkpointed like any

@@ -14,8 +14,13 @@ from typing import Any
 from . import ORGANS
 
 
-def organ_labels(primary: str, findings: list[dict[str, Any]], share: float = 1.0, min_diseases: int = 0,
-                 extra_organs: list[str] | None = None) -> list[str]:
+def organ_labels(
+    primary: str,
+    findings: list[dict[str, Any]],
+    share: float = 1.0,
+    min_diseases: int = 0,
+    extra_organs: list[str] | None = None,
+) -> list[str]:
     """Primary organ first, then the other organs the rule assigns, in canonical order."""
     found = set(extra_organs or [])
     for finding in findings:

@@ -34,20 +34,28 @@ class LLMClient:
         self.cfg, self.stage, self.cache_dir = lcfg, stage, cache_dir
         key = os.environ.get(lcfg["api_key_env"], "") if lcfg.get("api_key_env") else ""
         # Local servers accept any key; the client library insists on a non-empty one.
-        self._client = openai.OpenAI(base_url=lcfg["base_url"], api_key=key or "unused",
-                                     timeout=float(lcfg["timeout"]), max_retries=0)
+        self._client = openai.OpenAI(
+            base_url=lcfg["base_url"], api_key=key or "unused", timeout=float(lcfg["timeout"]), max_retries=0
+        )
         self._openai = openai
         self.stats = {"requests": 0, "cache_hits": 0, "calls": 0, "retries": 0, "invalid": 0, "skipped": 0}
 
     def request(self, messages: list[dict[str, str]], schema_name: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The canonical request body: everything that determines the answer, nothing secret."""
-        return {"model": self.cfg["model"], "messages": messages, "temperature": self.cfg["temperature"],
-                "seed": self.cfg["seed"],
-                "response_format": {"type": "json_schema",
-                                    "json_schema": {"name": schema_name, "schema": schema, "strict": True}}}
+        return {
+            "model": self.cfg["model"],
+            "messages": messages,
+            "temperature": self.cfg["temperature"],
+            "seed": self.cfg["seed"],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+            },
+        }
 
-    def ask(self, messages: list[dict[str, str]], schema_name: str, schema: dict[str, Any],
-            record: str) -> dict[str, Any] | None:
+    def ask(
+        self, messages: list[dict[str, str]], schema_name: str, schema: dict[str, Any], record: str
+    ) -> dict[str, Any] | None:
         """Answer parsed and schema-valid, or None (logged) when the model keeps answering off-schema."""
         body = self.request(messages, schema_name, schema)
         key = sha256(dumps(body))
@@ -64,21 +72,32 @@ class LLMClient:
                 jsonschema.validate(answer, schema)
             except (json.JSONDecodeError, TypeError, jsonschema.ValidationError) as err:
                 self.stats["invalid"] += 1
-                log.warning("[%s] %s: answer does not match schema %s (try %d): %s", self.stage, record,
-                            schema_name, attempt + 1, str(err).splitlines()[0][:200])
+                log.warning(
+                    "[%s] %s: answer does not match schema %s (try %d): %s",
+                    self.stage,
+                    record,
+                    schema_name,
+                    attempt + 1,
+                    str(err).splitlines()[0][:200],
+                )
                 continue
             write_text_atomic(path, dumps({"request": body, "answer": answer}) + "\n")
             return answer
         self.stats["skipped"] += 1
-        log.warning("[%s] %s: skipped after %d schema-invalid answers", self.stage, record,
-                    int(self.cfg["invalid_retries"]) + 1)
+        log.warning(
+            "[%s] %s: skipped after %d schema-invalid answers", self.stage, record, int(self.cfg["invalid_retries"]) + 1
+        )
         return None
 
     def _complete(self, body: dict[str, Any], record: str) -> str:
         """One completion, retried with exponential backoff on 429, 5xx, timeouts and lost connections."""
         openai = self._openai
-        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                     openai.APIConnectionError)
+        retryable = (
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+        )
         attempts = int(self.cfg["max_retries"]) + 1
         for attempt in range(attempts):
             try:
@@ -87,8 +106,11 @@ class LLMClient:
                 return response.choices[0].message.content or ""
             except openai.APIStatusError as err:
                 if not isinstance(err, retryable) and err.status_code < 500:
-                    raise StageError(self.stage, f"LLM endpoint {self.cfg['base_url']} refused the request "
-                                     f"(HTTP {err.status_code})", record) from None
+                    raise StageError(
+                        self.stage,
+                        f"LLM endpoint {self.cfg['base_url']} refused the request (HTTP {err.status_code})",
+                        record,
+                    ) from None
                 last: Exception = err
             except retryable as err:
                 last = err
@@ -96,7 +118,7 @@ class LLMClient:
                 last = err
             if attempt + 1 < attempts:
                 self.stats["retries"] += 1
-                delay = float(self.cfg["backoff_base"]) * 2 ** attempt
+                delay = float(self.cfg["backoff_base"]) * 2**attempt
                 log.warning("[%s] %s: %s, retrying in %.2fs", self.stage, record, _describe(last), delay)
                 time.sleep(delay)
         if isinstance(last, openai.APIConnectionError) and not isinstance(last, openai.APITimeoutError):

@@ -12,8 +12,9 @@ import random
 import re
 from typing import Any
 
-ICD_NOISE = re.compile(r"\b(unspecified|not elsewhere classified|NOS)\b|\s+and related conditions|^other\s+|,\s*$",
-                       re.IGNORECASE)
+ICD_NOISE = re.compile(
+    r"\b(unspecified|not elsewhere classified|NOS)\b|\s+and related conditions|^other\s+|,\s*$", re.IGNORECASE
+)
 BRACKETED = re.compile(r"\s*\[[^\]]*\]")  # ICD-10-CM's "[K]", "[NOS]" qualifiers
 ABBREVIATION = re.compile(r"^[A-Z0-9-]{2,}$")
 
@@ -64,8 +65,9 @@ def render(phrases: list[str], templates: dict[str, list[str]], rng: random.Rand
     if len(phrases) == 1:
         text = rng.choice(templates["single"]).format(phrases[0])
     else:
-        text = rng.choice(templates["multi"]).format(list=join_list(phrases), first=phrases[0],
-                                                     rest=join_list(phrases[1:]))
+        text = rng.choice(templates["multi"]).format(
+            list=join_list(phrases), first=phrases[0], rest=join_list(phrases[1:])
+        )
     return text[0].upper() + text[1:]
 
 
@@ -95,10 +97,17 @@ def finding_sets(record: dict[str, Any], gcfg: dict[str, Any], rng: random.Rando
         others = [j for j in range(len(findings)) if j != i % anchors]
         led.append([i % anchors] + sorted(rng.sample(others, min(rng.randint(1, size - 1), len(others)))))
     presenting = list(range(anchors, len(findings)))
-    plain = [sorted(rng.sample(presenting, min(rng.randint(2, size), len(presenting))))
-             for _ in range(int(gcfg["texts_per_disease_presentation"]) * 3)] if len(presenting) >= 2 else []
-    return (_distinct_sets(led, int(gcfg["texts_per_disease"]))
-            + _distinct_sets(plain, int(gcfg["texts_per_disease_presentation"])))
+    plain = (
+        [
+            sorted(rng.sample(presenting, min(rng.randint(2, size), len(presenting))))
+            for _ in range(int(gcfg["texts_per_disease_presentation"]) * 3)
+        ]
+        if len(presenting) >= 2
+        else []
+    )
+    return _distinct_sets(led, int(gcfg["texts_per_disease"])) + _distinct_sets(
+        plain, int(gcfg["texts_per_disease_presentation"])
+    )
 
 
 def generate_offline(record: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,6 +123,11 @@ def generate_offline(record: dict[str, Any], cfg: dict[str, Any]) -> list[dict[s
         if not all(options[i] for i in indices):
             continue
         phrases = pick_phrases(indices, options, rng)
-        out.append({"text": render(phrases, cfg["templates"], rng), "content": " | ".join(phrases),
-                    "findings": [record["findings"][i] for i in indices]})
+        out.append(
+            {
+                "text": render(phrases, cfg["templates"], rng),
+                "content": " | ".join(phrases),
+                "findings": [record["findings"][i] for i in indices],
+            }
+        )
     return out

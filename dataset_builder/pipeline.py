@@ -18,8 +18,13 @@ from .datasheet import render_datasheet
 from medsora.atomic_io import write_text_atomic
 
 STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
-FILES = {"retrieve": "01_retrieved.jsonl", "chunk": "02_chunks.jsonl", "filter": "03_filtered.jsonl",
-         "generate": "04_generated.jsonl", "dedup": "05_dedup.jsonl"}
+FILES = {
+    "retrieve": "01_retrieved.jsonl",
+    "chunk": "02_chunks.jsonl",
+    "filter": "03_filtered.jsonl",
+    "generate": "04_generated.jsonl",
+    "dedup": "05_dedup.jsonl",
+}
 
 
 def stage_path(out: str, stage: str) -> str:
@@ -92,4 +97,3 @@ def build(cfg: dict[str, Any], out: str) -> dict[str, Any]:
         run_stage(stage, cfg, out)
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         return json.load(f)
-

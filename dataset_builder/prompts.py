@@ -36,8 +36,9 @@ def generate_schema(n: int) -> dict[str, Any]:
     """Schema for `n` texts at most, at least one."""
     return {
         "type": "object",
-        "properties": {"texts": {"type": "array", "items": {"type": "string", "minLength": 10},
-                                 "minItems": 1, "maxItems": n}},
+        "properties": {
+            "texts": {"type": "array", "items": {"type": "string", "minLength": 10}, "minItems": 1, "maxItems": n}
+        },
         "required": ["texts"],
         "additionalProperties": False,
     }

@@ -16,9 +16,15 @@ PUBLISHED = ("train.jsonl", "test.jsonl", "ood_test.jsonl", "ood_train.jsonl", "
 
 def compare(corpus: str, rebuilt: str) -> list[str]:
     """Names of the published files that differ (or are missing) between two corpus directories."""
-    return [name for name in PUBLISHED
-            if not (os.path.exists(os.path.join(corpus, name)) and os.path.exists(os.path.join(rebuilt, name))
-                    and filecmp.cmp(os.path.join(corpus, name), os.path.join(rebuilt, name), shallow=False))]
+    return [
+        name
+        for name in PUBLISHED
+        if not (
+            os.path.exists(os.path.join(corpus, name))
+            and os.path.exists(os.path.join(rebuilt, name))
+            and filecmp.cmp(os.path.join(corpus, name), os.path.join(rebuilt, name), shallow=False)
+        )
+    ]
 
 
 def verify(cfg: dict[str, Any], corpus: str, out: str) -> list[str]:
@@ -34,7 +40,9 @@ def main() -> None:
     from .config import DEFAULT_CONFIG, load_config
 
     with tempfile.TemporaryDirectory() as tmp:
-        differing = verify(load_config(DEFAULT_CONFIG), os.path.join(os.path.dirname(DEFAULT_CONFIG), "..", "corpus"), tmp)
+        differing = verify(
+            load_config(DEFAULT_CONFIG), os.path.join(os.path.dirname(DEFAULT_CONFIG), "..", "corpus"), tmp
+        )
     if differing:
         sys.exit(f"[verify] rebuilt corpus differs: {', '.join(differing)}")
     print("[verify] shipped corpus reproduced byte for byte")

@@ -67,7 +67,9 @@ def split(records: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[dict[str,
         total = min(available[organ], int(scfg["texts_per_organ"]))
         n_test = round(total * float(scfg["test_fraction"]))
         targets[organ] = (total - n_test, n_test)
-        groups = sorted(by_organ[organ], key=lambda g: (g not in test_groups, -informative(by_organ[organ][g]), order(g)))
+        groups = sorted(
+            by_organ[organ], key=lambda g: (g not in test_groups, -informative(by_organ[organ][g]), order(g))
+        )
         chosen, clean = [], 0
         for group in groups:
             if clean >= n_test and group not in test_groups:
@@ -114,8 +116,12 @@ def split(records: list[dict[str, Any]], cfg: dict[str, Any]) -> tuple[dict[str,
             pool[b] = kept
     out["ood_train"] = round_robin([by_group(pool[b]) for b in pool], int(scfg.get("ood_train_texts") or 0))
     dropped["ood_train surplus"] += sum(map(len, pool.values())) - len(out["ood_train"])
-    return out, {"available_after_dedup": available, "ood_train_available": {b: len(pool[b]) for b in pool},
-                 "dropped": dict(sorted(dropped.items())), "test_groups": len(test_groups)}
+    return out, {
+        "available_after_dedup": available,
+        "ood_train_available": {b: len(pool[b]) for b in pool},
+        "dropped": dict(sorted(dropped.items())),
+        "test_groups": len(test_groups),
+    }
 
 
 def project(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:

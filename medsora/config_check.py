@@ -21,9 +21,18 @@ __all__ = ["check_cli_overrides", "unknown_override_keys"]
 
 # arguments of `monai.bundle run` itself, not config items
 RUN_ARGUMENTS = {
-    "config_file", "meta_file", "logging_file", "args_file", "run_id", "init_id", "final_id",
-    "tracking", "workflow_type", "workflow_name", "properties_path",
-}  # fmt: skip
+    "config_file",
+    "meta_file",
+    "logging_file",
+    "args_file",
+    "run_id",
+    "init_id",
+    "final_id",
+    "tracking",
+    "workflow_type",
+    "workflow_name",
+    "properties_path",
+}
 
 
 def _cli_options(argv: Sequence[str]) -> dict[str, str]:

@@ -18,6 +18,7 @@ __all__ = ["ORGANS", "check_organs", "descending_order", "rank_organs", "label_c
 
 ORGANS: tuple[str, ...] = ("liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland")
 
+
 def check_organs(organs: Sequence[str]) -> list[str]:
     """``organs`` as a list, refused when empty or repeated."""
     organs = list(organs)
@@ -34,8 +35,9 @@ def descending_order(scores: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.argsort(-scores, axis=axis, kind="stable")
 
 
-def rank_organs(scores: Mapping[str, float] | Sequence[float] | np.ndarray, organs: Sequence[str] | None = None
-                ) -> list[str]:
+def rank_organs(
+    scores: Mapping[str, float] | Sequence[float] | np.ndarray, organs: Sequence[str] | None = None
+) -> list[str]:
     """Organs by descending score; ties keep the canonical order (earlier organ first).
 
     Args:
@@ -116,4 +118,3 @@ def label_convention(
         if unlisted:
             raise ValueError(f"{where}#known_labels lacks the organ label ids {unlisted}; it must list every id.")
     return {"organ_labels": ordered, "known_labels": known}
-

@@ -56,5 +56,7 @@ def load_weights(module: nn.Module, path: str, produced_by: str | None = None) -
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit the configured network (was it trained with another config?): {e}") from e
+        raise RuntimeError(
+            f"{path} does not fit the configured network (was it trained with another config?): {e}"
+        ) from e
     return module.eval()

@@ -11,6 +11,7 @@ import yaml
 from monai.bundle import ConfigParser
 
 from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, REPO_ROOT, TRAIN
+
 # small enough for CI: five phantom cases, two epochs
 TINY = ["--phantom#num_cases", "5", "--phantom#num_validation", "2", "--epochs", "2", "--batch_size", "3"]
 
@@ -51,7 +52,15 @@ def test_evaluate_reports_per_organ_metrics(trained):
     run_bundle("run", "evaluate_image", "--config_file", config, *trained["overrides"])
     report = json.loads((trained["output_dir"] / "image_metrics.json").read_text())
     assert report["samples"] == 2 * 7  # two validation cases, seven organs each
-    assert list(report["recall_per_organ"]) == ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+    assert list(report["recall_per_organ"]) == [
+        "liver",
+        "pancreas",
+        "kidney",
+        "gallbladder",
+        "spleen",
+        "stomach",
+        "adrenal_gland",
+    ]
     counts = torch.tensor(report["confusion_matrix"]["counts"])
     assert counts.sum() == 14 and counts.sum(1).tolist() == [2] * 7
     assert report["accuracy"] == pytest.approx(float(counts.trace()) / 14)
@@ -61,12 +70,23 @@ def test_inference_classifies_every_organ_of_a_ct(trained, tmp_path):
     case = json.loads((trained["phantom_dir"] / "dataset_0.json").read_text())["validation"][0]
     output = tmp_path / "predictions.json"
     run_bundle(
-        "run", "inference", "--config_file", "bundle/configs/inference.yaml",
-        "--image", str(trained["phantom_dir"] / case["image"]), "--label", str(trained["phantom_dir"] / case["label"]),
-        "--ckpt_dir", str(trained["ckpt_dir"]), "--output_file", str(output),
-    )  # fmt: skip
+        "run",
+        "inference",
+        "--config_file",
+        "bundle/configs/inference.yaml",
+        "--image",
+        str(trained["phantom_dir"] / case["image"]),
+        "--label",
+        str(trained["phantom_dir"] / case["label"]),
+        "--ckpt_dir",
+        str(trained["ckpt_dir"]),
+        "--output_file",
+        str(output),
+    )
     (predictions,) = json.loads(output.read_text()).values()
-    assert sorted(predictions) == sorted(["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"])
+    assert sorted(predictions) == sorted(
+        ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+    )
     for organ in predictions.values():
         assert sum(organ["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert organ["predicted"] == max(organ["probabilities"], key=organ["probabilities"].get)
@@ -75,9 +95,18 @@ def test_inference_classifies_every_organ_of_a_ct(trained, tmp_path):
 def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
     ts_file = tmp_path / "model.ts"
     run_bundle(
-        "ckpt_export", "network_def", "--filepath", str(ts_file), "--ckpt_file", str(trained["ckpt_dir"] / "model.pt"),
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", cwd=BUNDLE_ROOT,
-    )  # fmt: skip
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts_file),
+        "--ckpt_file",
+        str(trained["ckpt_dir"] / "model.pt"),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
+        cwd=BUNDLE_ROOT,
+    )
     scripted = torch.jit.load(str(ts_file))
     parser = ConfigParser()
     parser.read_config(INFERENCE)
@@ -90,16 +119,51 @@ def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
 
 
 def test_bundle_checks_pass():
-    run_bundle("verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", "docs/meta_schema.json", cwd=BUNDLE_ROOT)
-    run_bundle("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", cwd=BUNDLE_ROOT)
+    run_bundle(
+        "verify_metadata",
+        "--meta_file",
+        "configs/metadata.json",
+        "--filepath",
+        "docs/meta_schema.json",
+        cwd=BUNDLE_ROOT,
+    )
+    run_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
+        cwd=BUNDLE_ROOT,
+    )
 
 
 def test_inference_config_builds_the_trained_network_and_preprocessing():
     """inference.yaml stands alone (model-zoo style); its copies of train.yaml's blocks must not drift."""
     train, inference = (yaml.safe_load(open(f)) for f in (TRAIN, INFERENCE))
-    shared = ["label_convention", "label_conventions", "label_ids", "organ_labels", "known_labels", "num_classes",
-              "pixdim", "hu_window", "organ_margin", "num_slices", "slice_size", "volume_size", "vit_2d_def", "image_features",
-              "pretrained_2d", "vit_2d", "vit_3d", "fusion", "network_def", "load_transforms", "sample_slices"]  # fmt: skip
+    shared = [
+        "label_convention",
+        "label_conventions",
+        "label_ids",
+        "organ_labels",
+        "known_labels",
+        "num_classes",
+        "pixdim",
+        "hu_window",
+        "organ_margin",
+        "num_slices",
+        "slice_size",
+        "volume_size",
+        "vit_2d_def",
+        "image_features",
+        "pretrained_2d",
+        "vit_2d",
+        "vit_3d",
+        "fusion",
+        "network_def",
+        "load_transforms",
+        "sample_slices",
+    ]
     assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
 
 
@@ -129,9 +193,15 @@ def test_ablation_overrides_select_the_structure(ablation, branches):
 
 
 @pytest.mark.parametrize(
-    "files", [[], ["ablations/2d_only.yaml"], ["ablations/3d_only.yaml"], ["ablations/concat.yaml"],
-              ["paper.yaml", "ablations/3d_only.yaml"]],
-)  # fmt: skip
+    "files",
+    [
+        [],
+        ["ablations/2d_only.yaml"],
+        ["ablations/3d_only.yaml"],
+        ["ablations/concat.yaml"],
+        ["paper.yaml", "ablations/3d_only.yaml"],
+    ],
+)
 def test_the_aligner_takes_the_features_of_every_structure(files):
     """The text is aligned with whatever organ features the structure gives; the paper preset's optimizer builds."""
     parser = ConfigParser()
@@ -141,7 +211,9 @@ def test_the_aligner_takes_the_features_of_every_structure(files):
     features = net.features(torch.rand(1, 1, *size))
     aligner = parser.get_parsed_content("aligner_def")
     assert tuple(features.shape[1:]) == tuple(aligner.reference.shape[1:])
-    assert aligner.organ_scores(torch.rand(2, aligner.text_model.mlp[0].in_features), features.expand(7, -1, -1)).shape == (2, 7)
+    assert aligner.organ_scores(
+        torch.rand(2, aligner.text_model.mlp[0].in_features), features.expand(7, -1, -1)
+    ).shape == (2, 7)
     assert len(parser.get_parsed_content("optimizer").param_groups) >= 1
 
 
@@ -149,16 +221,28 @@ def test_paper_preset_is_the_papers_architecture():
     parser = ConfigParser()
     parser.read_config([TRAIN, os.path.join(CONFIGS, "paper.yaml")])
     vit_2d, vit_3d = parser["vit_2d_def"], parser["vit_3d"]
-    assert (vit_2d["hidden_size"], vit_2d["num_layers"], vit_2d["num_heads"], vit_2d["patch_size"]) == (1024, 24, 16, [16, 16])
+    assert (vit_2d["hidden_size"], vit_2d["num_layers"], vit_2d["num_heads"], vit_2d["patch_size"]) == (
+        1024,
+        24,
+        16,
+        [16, 16],
+    )
     assert parser["slice_size"] == [224, 224] and parser["epochs"] == 50
     assert vit_3d["patch_size"] == [16, 16, 8] and vit_3d["num_layers"] == 6  # the paper's (8, 16, 16) in (D, H, W)
 
 
 def test_misspelt_override_is_refused(tmp_path):
     result = run_bundle(
-        "run", "training", "--config_file", "bundle/configs/train.yaml", "--epoch", "1",
-        "--phantom_dir", str(tmp_path / "phantom"), check=False,
-    )  # fmt: skip
+        "run",
+        "training",
+        "--config_file",
+        "bundle/configs/train.yaml",
+        "--epoch",
+        "1",
+        "--phantom_dir",
+        str(tmp_path / "phantom"),
+        check=False,
+    )
     assert result.returncode != 0
     assert "unknown override key(s) --epoch (did you mean --epochs?)" in result.stderr
     assert not (tmp_path / "phantom").exists()  # refused before any work

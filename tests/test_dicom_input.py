@@ -38,8 +38,9 @@ def case(tmp_path_factory):
 
 
 def run(case, run_id, **overrides):
-    workflow = ConfigWorkflow(config_file=INFERENCE, workflow_type=None, run_id=run_id,
-                              ckpt_dir=str(case["root"] / "models"), **overrides)  # fmt: skip
+    workflow = ConfigWorkflow(
+        config_file=INFERENCE, workflow_type=None, run_id=run_id, ckpt_dir=str(case["root"] / "models"), **overrides
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -60,7 +61,8 @@ def test_dicom_and_nifti_grids_are_compared(case, tmp_path):
     check_pair(case["ct_dicom"], case["labels.nii.gz"])
     check_pair(case["ct_dicom"], case["labels_dicom"])
     assert case_datalist(case["ct_dicom"], case["labels.nii.gz"]) == [
-        {"image": case["ct_dicom"], "label": case["labels.nii.gz"]}]  # fmt: skip
+        {"image": case["ct_dicom"], "label": case["labels.nii.gz"]}
+    ]
     shifted = case["affine"].copy()
     shifted[2, 3] += 2.0
     nib.save(nib.Nifti1Image(case["label"], shifted), tmp_path / "shifted.nii.gz")
@@ -109,8 +111,15 @@ def test_query_on_a_dicom_ct_maps_probabilities_in_the_cts_world_coordinates(cas
     answers = {}
     for image, label_file in (("ct.nii.gz", "labels.nii.gz"), ("ct_dicom", label)):
         out = tmp_path / f"{image}.jsonl"
-        run(case, "query", queries_file=str(queries), output_file=str(out), image=case[image],
-            label=case[label_file], maps_dir=str(tmp_path / image))  # fmt: skip
+        run(
+            case,
+            "query",
+            queries_file=str(queries),
+            output_file=str(out),
+            image=case[image],
+            label=case[label_file],
+            maps_dir=str(tmp_path / image),
+        )
         answers[image] = json.loads(out.read_text())
     nifti, dicom = answers["ct.nii.gz"], answers["ct_dicom"]
     assert dicom["ranking"] == nifti["ranking"] and dicom["absent_organs"] == []

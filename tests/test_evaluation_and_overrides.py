@@ -41,8 +41,15 @@ def test_json_is_written_atomically(tmp_path):
 def test_unknown_override_keys():
     parser = ConfigParser()
     parser.read_config(TRAIN)
-    keys = ["epochs", "phantom#num_cases", "phantom#shape", "vit_3d#num_layers", "epoch", "train#trainer#max_epoch",
-            "nothing#here"]  # fmt: skip
+    keys = [
+        "epochs",
+        "phantom#num_cases",
+        "phantom#shape",
+        "vit_3d#num_layers",
+        "epoch",
+        "train#trainer#max_epoch",
+        "nothing#here",
+    ]
     # new entries inside an existing dictionary are allowed: the component they reach validates them
     assert unknown_override_keys(keys, parser) == ["epoch", "nothing#here"]
 

@@ -16,17 +16,42 @@ from medsora.image import phantom
 from medsora.organs import label_convention
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-BTCV = {"liver": [6], "pancreas": [11], "kidney": [2, 3], "gallbladder": [4], "spleen": [1], "stomach": [7],
-        "adrenal_gland": [12, 13]}  # fmt: skip
-TOTALSEGMENTATOR = {"liver": [5], "pancreas": [7], "kidney": [2, 3], "gallbladder": [4], "spleen": [1], "stomach": [6],
-                    "adrenal_gland": [8, 9]}  # fmt: skip
+BTCV = {
+    "liver": [6],
+    "pancreas": [11],
+    "kidney": [2, 3],
+    "gallbladder": [4],
+    "spleen": [1],
+    "stomach": [7],
+    "adrenal_gland": [12, 13],
+}
+TOTALSEGMENTATOR = {
+    "liver": [5],
+    "pancreas": [7],
+    "kidney": [2, 3],
+    "gallbladder": [4],
+    "spleen": [1],
+    "stomach": [6],
+    "adrenal_gland": [8, 9],
+}
 # every BTCV structure's TotalSegmentator v2 id (esophagus 15, aorta 52, IVC 63, portal and splenic veins 64)
 BTCV_TO_TOTALSEGMENTATOR = {1: 1, 2: 2, 3: 3, 4: 4, 5: 15, 6: 5, 7: 6, 8: 52, 9: 63, 10: 64, 11: 7, 12: 8, 13: 9}
 # a site's own ids, given on the command line
-MINE = {"liver": [21], "pancreas": [22], "kidney": [23, 24], "gallbladder": [25], "spleen": [26], "stomach": [27],
-        "adrenal_gland": [28, 29]}  # fmt: skip
+MINE = {
+    "liver": [21],
+    "pancreas": [22],
+    "kidney": [23, 24],
+    "gallbladder": [25],
+    "spleen": [26],
+    "stomach": [27],
+    "adrenal_gland": [28, 29],
+}
 BTCV_TO_MINE = {btcv: mine for organ, ids in BTCV.items() for btcv, mine in zip(ids, MINE[organ])} | {
-    5: 30, 8: 31, 9: 32, 10: 33}  # fmt: skip
+    5: 30,
+    8: 31,
+    9: 32,
+    10: 33,
+}
 
 
 def remap(label: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
@@ -63,8 +88,10 @@ def parse(config_file, **overrides):
 
 
 @pytest.mark.parametrize("config_file", [TRAIN, INFERENCE], ids=["train", "inference"])
-@pytest.mark.parametrize("name, organ_labels, known", [("btcv", BTCV, list(range(1, 14))),
-                                                        ("totalsegmentator", TOTALSEGMENTATOR, list(range(1, 118)))])
+@pytest.mark.parametrize(
+    "name, organ_labels, known",
+    [("btcv", BTCV, list(range(1, 14))), ("totalsegmentator", TOTALSEGMENTATOR, list(range(1, 118)))],
+)
 def test_configs_resolve_a_convention_by_name_in_class_order(config_file, name, organ_labels, known):
     parser = parse(config_file, label_convention=name)
     resolved = parser.get_parsed_content("organ_labels")
@@ -144,20 +171,45 @@ def test_a_convention_of_ones_own_from_the_command_line(case, tmp_path):
     """The documented override adds a convention without editing a config; predictions match the BTCV run."""
     reference = tmp_path / "btcv.json"
     workflow = ConfigWorkflow(
-        config_file=INFERENCE, workflow_type="infer", image=case["image"], label=case["btcv"],
-        ckpt_dir=str(case["root"] / "models"), output_file=str(reference),
-    )  # fmt: skip
+        config_file=INFERENCE,
+        workflow_type="infer",
+        image=case["image"],
+        label=case["btcv"],
+        ckpt_dir=str(case["root"] / "models"),
+        output_file=str(reference),
+    )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
     mine = {"organ_labels": MINE, "known_labels": list(range(21, 34))}
     output = tmp_path / "mine.json"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", INFERENCE,
-         "--image", case["image"], "--label", case["mine"], "--ckpt_dir", str(case["root"] / "models"),
-         "--output_file", str(output), "--label_conventions#mine", repr(mine), "--label_convention", "mine"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "inference",
+            "--config_file",
+            INFERENCE,
+            "--image",
+            case["image"],
+            "--label",
+            case["mine"],
+            "--ckpt_dir",
+            str(case["root"] / "models"),
+            "--output_file",
+            str(output),
+            "--label_conventions#mine",
+            repr(mine),
+            "--label_convention",
+            "mine",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     ours, theirs = predictions(output), predictions(reference)
     assert list(ours) == list(theirs) == ORGANS

@@ -21,8 +21,13 @@ RUN_TIME_DIRS = {"data", "eval", "cache", "runs", "__pycache__"}
 RUN_TIME_FILES = ["models/checkpoint_epoch=*.pt"]
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 # the model zoo's own tiny-data unit tests, adapted: five small phantom CTs, one epoch
-TINY = {"phantom#num_cases": 5, "phantom#num_validation": 2, "phantom#shape": [64, 64, 32], "epochs": 1,
-        "batch_size": 3}  # fmt: skip
+TINY = {
+    "phantom#num_cases": 5,
+    "phantom#num_validation": 2,
+    "phantom#shape": [64, 64, 32],
+    "epochs": 1,
+    "batch_size": 3,
+}
 
 
 def metadata() -> dict:
@@ -50,9 +55,17 @@ def submitted_files() -> dict[str, int]:
 
 @pytest.mark.parametrize(
     "path",
-    ["configs/metadata.json", "configs/inference.yaml", "configs/logging.conf", "models", "docs/README.md",
-     "docs/data_license.txt", "LICENSE", "large_files.yml"],
-)  # fmt: skip
+    [
+        "configs/metadata.json",
+        "configs/inference.yaml",
+        "configs/logging.conf",
+        "models",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "LICENSE",
+        "large_files.yml",
+    ],
+)
 def test_required_files_are_present(path):
     full = os.path.join(BUNDLE_ROOT, path)
     assert os.path.isdir(full) if path == "models" else os.path.isfile(full) and os.path.getsize(full) > 0, path
@@ -60,8 +73,17 @@ def test_required_files_are_present(path):
 
 def test_metadata_has_the_fields_the_model_zoo_reads():
     meta = metadata()
-    for field in ("version", "monai_version", "pytorch_version", "numpy_version", "task", "description", "authors",
-                  "copyright", "name"):  # fmt: skip
+    for field in (
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "name",
+    ):
         assert isinstance(meta.get(field), str) and meta[field].strip(), field
     packages = meta["required_packages_version"]
     assert packages and all(isinstance(v, str) and v for v in packages.values())
@@ -110,8 +132,14 @@ def test_every_file_over_25_mb_is_listed_in_large_files_yml():
 
 def workflow(config_file, workflow_type, **overrides) -> ConfigWorkflow:
     """A bundle workflow set up the way the model zoo's unit tests set one up."""
-    flow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, meta_file=META_FILE,
-                          logging_file=LOGGING, bundle_root=BUNDLE_ROOT, **overrides)  # fmt: skip
+    flow = ConfigWorkflow(
+        config_file=config_file,
+        workflow_type=workflow_type,
+        meta_file=META_FILE,
+        logging_file=LOGGING,
+        bundle_root=BUNDLE_ROOT,
+        **overrides,
+    )
     flow.initialize()
     return flow
 
@@ -122,8 +150,11 @@ def finish(flow: ConfigWorkflow) -> None:
 
 
 def test_train_evaluate_and_inference_run_in_process(tmp_path):
-    dirs = {"phantom_dir": str(tmp_path / "phantom"), "ckpt_dir": str(tmp_path / "models"),
-            "output_dir": str(tmp_path / "eval")}  # fmt: skip
+    dirs = {
+        "phantom_dir": str(tmp_path / "phantom"),
+        "ckpt_dir": str(tmp_path / "models"),
+        "output_dir": str(tmp_path / "eval"),
+    }
     trainer = workflow(TRAIN, "train", **dirs, **TINY)
     assert trainer.check_properties() == []  # the model zoo's required train properties
     finish(trainer)
@@ -137,11 +168,17 @@ def test_train_evaluate_and_inference_run_in_process(tmp_path):
         case = json.load(f)["validation"][0]
     output = tmp_path / "eval" / "predictions.json"
     inferrer = workflow(
-        INFERENCE, "infer", ckpt_dir=dirs["ckpt_dir"], output_dir=dirs["output_dir"], output_file=str(output),
-        image=str(tmp_path / "phantom" / case["image"]), label=str(tmp_path / "phantom" / case["label"]),
-    )  # fmt: skip
+        INFERENCE,
+        "infer",
+        ckpt_dir=dirs["ckpt_dir"],
+        output_dir=dirs["output_dir"],
+        output_file=str(output),
+        image=str(tmp_path / "phantom" / case["image"]),
+        label=str(tmp_path / "phantom" / case["label"]),
+    )
     assert inferrer.check_properties() == []
     finish(inferrer)
     (predictions,) = json.loads(output.read_text()).values()
     assert sorted(predictions) == sorted(
-        ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"])  # fmt: skip
+        ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+    )

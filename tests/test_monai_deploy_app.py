@@ -34,12 +34,21 @@ from medsora.query import run_query  # noqa: E402
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_deploy")
 TEXT = "painless jaundice and weight loss"
 # BTCV ids, the app's default convention
-ORGAN_LABELS = {"liver": [6], "pancreas": [11], "kidney": [2, 3], "gallbladder": [4], "spleen": [1], "stomach": [7],
-                "adrenal_gland": [12, 13]}  # fmt: skip
+ORGAN_LABELS = {
+    "liver": [6],
+    "pancreas": [11],
+    "kidney": [2, 3],
+    "gallbladder": [4],
+    "spleen": [1],
+    "stomach": [7],
+    "adrenal_gland": [12, 13],
+}
 SR_CLASSES = {  # Basic Text, Enhanced, Comprehensive and Comprehensive 3D SR Storage
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.11",
+    "1.2.840.10008.5.1.4.1.1.88.22",
+    "1.2.840.10008.5.1.4.1.1.88.33",
     "1.2.840.10008.5.1.4.1.1.88.34",
-}  # fmt: skip
+}
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 TYPE2 = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime")
 
@@ -52,15 +61,29 @@ def write_label_seg(label: np.ndarray, ct_dir: Path, path: Path) -> None:
             setattr(ds, keyword, "")
     frames = np.stack([label[:, :, int(ds.InstanceNumber) - 1].T for ds in ct]).astype(np.uint8)  # slice, row, col
     descriptions = [
-        hd.seg.SegmentDescription(segment_number=i, segment_label=f"label {i}", algorithm_type="MANUAL",
-                                  segmented_property_category=codes.SCT.Organ, segmented_property_type=codes.SCT.Organ)
+        hd.seg.SegmentDescription(
+            segment_number=i,
+            segment_label=f"label {i}",
+            algorithm_type="MANUAL",
+            segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=codes.SCT.Organ,
+        )
         for i in range(1, int(frames.max()) + 1)
-    ]  # fmt: skip
+    ]
     seg = hd.seg.Segmentation(
-        source_images=ct, pixel_array=frames, segmentation_type="BINARY", segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="phantom", manufacturer_model_name="phantom", software_versions="0", device_serial_number="0",
-    )  # fmt: skip
+        source_images=ct,
+        pixel_array=frames,
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="phantom",
+        manufacturer_model_name="phantom",
+        software_versions="0",
+        device_serial_number="0",
+    )
     seg.save_as(path)
 
 
@@ -84,15 +107,28 @@ def study(tmp_path_factory):
     parser.read_config(INFERENCE)
     parser["bundle_root"] = BUNDLE_ROOT
     (expected,) = run_query(
-        parser.get_parsed_content("query_model"), text=TEXT, image=str(root / "ct"), label=str(root / "labels.nii.gz"),
-        maps_dir=str(root / "expected_maps"), organ_labels=parser.get_parsed_content("organ_labels"),
-        image_network=parser.get_parsed_content("network_def"), preprocessing=parser.get_parsed_content("preprocessing"),
-        image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"), device="cpu",
-    )  # fmt: skip
+        parser.get_parsed_content("query_model"),
+        text=TEXT,
+        image=str(root / "ct"),
+        label=str(root / "labels.nii.gz"),
+        maps_dir=str(root / "expected_maps"),
+        organ_labels=parser.get_parsed_content("organ_labels"),
+        image_network=parser.get_parsed_content("network_def"),
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"),
+        device="cpu",
+    )
     ct_first = pydicom.dcmread(next((root / "ct").iterdir()), stop_before_pixels=True)
     ct_image = LoadImage(image_only=True)(str(root / "ct"))
-    return {"root": root, "inputs": inputs, "label": label, "expected": expected, "ct": ct_first,
-            "ct_affine": np.asarray(ct_image.affine), "ct_shape": tuple(ct_image.shape)}  # fmt: skip
+    return {
+        "root": root,
+        "inputs": inputs,
+        "label": label,
+        "expected": expected,
+        "ct": ct_first,
+        "ct_affine": np.asarray(ct_image.affine),
+        "ct_shape": tuple(ct_image.shape),
+    }
 
 
 def run_app(input_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:

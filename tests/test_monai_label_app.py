@@ -30,8 +30,15 @@ from medsora.query import run_query  # noqa: E402
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_label")
 MODEL = "med_sora"
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-BTCV = {"liver": [6], "pancreas": [11], "kidney": [2, 3], "gallbladder": [4], "spleen": [1], "stomach": [7],
-        "adrenal_gland": [12, 13]}
+BTCV = {
+    "liver": [6],
+    "pancreas": [11],
+    "kidney": [2, 3],
+    "gallbladder": [4],
+    "spleen": [1],
+    "stomach": [7],
+    "adrenal_gland": [12, 13],
+}
 BILIARY_COLIC = "colicky right upper quadrant pain after fatty meals"
 STARTUP_TIMEOUT_S = 180
 # the test segmentation bundle: a 1x1x1 convolution whose argmax thresholds HU (<=60: 0, 61..150: 1, >150: 2),
@@ -54,20 +61,35 @@ def write_segmentation_bundle(root):
         "imports": ["$import torch", "$import scripts"],
         "bundle_root": ".",
         "network_def": {"_target_": "scripts.networks.VoxelClassifier", "classes": 3},
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image", "image_only": True, "ensure_channel_first": True},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-        ]},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image", "image_only": True, "ensure_channel_first": True},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+            ],
+        },
         "inferer": {"_target_": "SimpleInferer"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": True},
-            {"_target_": "MapLabelValued", "keys": "pred", "orig_labels": [0, 1, 2],
-             "target_labels": [0, SEGMENTATION_IDS[1], SEGMENTATION_IDS[2]]},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "$@bundle_root + '/eval'"},
-        ]},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": True,
+                },
+                {
+                    "_target_": "MapLabelValued",
+                    "keys": "pred",
+                    "orig_labels": [0, 1, 2],
+                    "target_labels": [0, SEGMENTATION_IDS[1], SEGMENTATION_IDS[2]],
+                },
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "$@bundle_root + '/eval'"},
+            ],
+        },
     }
     (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
     (root / "configs" / "metadata.json").write_text(json.dumps({"version": "0.0.1", "name": "threshold organs"}))
@@ -89,8 +111,10 @@ def check_torchvision():
     try:
         import torchvision  # noqa: F401
     except Exception as e:  # a CUDA build of torchvision next to a CPU torch raises RuntimeError
-        pytest.fail(f"torchvision is installed but does not import next to torch {torch.__version__} ({e}); install "
-                    "the torchvision build that matches torch, or uninstall it (integrations/monai_label/README.md)")
+        pytest.fail(
+            f"torchvision is installed but does not import next to torch {torch.__version__} ({e}); install "
+            "the torchvision build that matches torch, or uninstall it (integrations/monai_label/README.md)"
+        )
 
 
 def free_port():
@@ -124,9 +148,26 @@ def server(case):
     port = free_port()
     log = root / "server.log"
     env = {**os.environ, "MONAI_LABEL_SESSION_PATH": str(root / "sessions")}
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-               str(case["studies"]), "--host", "127.0.0.1", "--port", str(port), "--conf", "bundle_root", BUNDLE_ROOT,
-               "--conf", "segmentation_bundle", str(root / "threshold_bundle")]
+    command = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(case["studies"]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--conf",
+        "bundle_root",
+        BUNDLE_ROOT,
+        "--conf",
+        "segmentation_bundle",
+        str(root / "threshold_bundle"),
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
 
@@ -145,8 +186,9 @@ def server(case):
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the MONAI Label server did not answer /info/ in {STARTUP_TIMEOUT_S} s; its log:\n"
-                            f"{log_tail()}")
+                pytest.fail(
+                    f"the MONAI Label server did not answer /info/ in {STARTUP_TIMEOUT_S} s; its log:\n{log_tail()}"
+                )
             time.sleep(0.5)
         yield {"url": url, "log": log_tail}
     finally:
@@ -160,8 +202,13 @@ def server(case):
 
 def infer(server, output, params, files=None, image=None):
     query = {"output": output, **({"image": image} if image else {})}
-    response = httpx.post(f"{server['url']}/infer/{MODEL}", params=query, data={"params": json.dumps(params)},
-                          files=files or {}, timeout=120)
+    response = httpx.post(
+        f"{server['url']}/infer/{MODEL}",
+        params=query,
+        data={"params": json.dumps(params)},
+        files=files or {},
+        timeout=120,
+    )
     return response
 
 
@@ -205,12 +252,18 @@ def bundle_query(case, tmp_path_factory):
     parser = ConfigParser()
     parser.read_config(INFERENCE)
     parser["bundle_root"] = BUNDLE_ROOT
-    (answer,) = run_query(parser.get_parsed_content("query_model"), text=BILIARY_COLIC, image=str(case["ct_file"]),
-                          label=str(case["label_file"]), maps_dir=str(tmp_path_factory.mktemp("maps")),
-                          organ_labels=parser.get_parsed_content("organ_labels"),
-                          image_network=parser.get_parsed_content("network_def"),
-                          image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"),
-                          preprocessing=parser.get_parsed_content("preprocessing"), device="cpu")
+    (answer,) = run_query(
+        parser.get_parsed_content("query_model"),
+        text=BILIARY_COLIC,
+        image=str(case["ct_file"]),
+        label=str(case["label_file"]),
+        maps_dir=str(tmp_path_factory.mktemp("maps")),
+        organ_labels=parser.get_parsed_content("organ_labels"),
+        image_network=parser.get_parsed_content("network_def"),
+        image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"),
+        preprocessing=parser.get_parsed_content("preprocessing"),
+        device="cpu",
+    )
     return answer
 
 
@@ -248,8 +301,9 @@ def test_a_datastore_image_uses_its_organs_label_and_the_ranking_map_names_the_o
     are not offered), then its auto-segmentation sends the image id, no uploads, the params from the model's options."""
     sample = httpx.post(f"{server['url']}/activelearning/random", json={}, timeout=30)
     assert sample.status_code == 200 and sample.json()["id"] == "patient1", sample.text
-    response = infer(server, "all", {"text": "painless jaundice and weight loss", "result_map": "ranking"},
-                     image="patient1")
+    response = infer(
+        server, "all", {"text": "painless jaundice and weight loss", "result_map": "ranking"}, image="patient1"
+    )
     answer, result = parse_all(server, response, tmp_path)
     check_answer(answer)
     assert answer["label_source"] == "datastore" and answer["result_map"] == "ranking"
@@ -280,7 +334,8 @@ def test_a_ct_without_label_map_is_segmented_by_the_configured_segmentation_bund
 
 def test_without_label_map_or_segmentation_bundle_the_error_names_both(case):
     spec = importlib.util.spec_from_file_location(
-        "med_sora_label_organ_query", os.path.join(APP_DIR, "lib", "infers", "organ_query.py"))
+        "med_sora_label_organ_query", os.path.join(APP_DIR, "lib", "infers", "organ_query.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     task = module.OrganQueryInfer(BUNDLE_ROOT)  # no segmenter

@@ -107,9 +107,7 @@ def test_branch_loss_is_the_sum_of_branch_cross_entropies():
     torch.manual_seed(1)
     logits = torch.randn(3, 3, D, 7)
     target = torch.tensor([0, 5, 6])
-    expected = sum(
-        F.cross_entropy(logits[:, k].reshape(-1, 7), target.repeat_interleave(D)) for k in range(3)
-    )
+    expected = sum(F.cross_entropy(logits[:, k].reshape(-1, 7), target.repeat_interleave(D)) for k in range(3))
     torch.testing.assert_close(BranchCrossEntropyLoss()(logits, target.view(3, 1)), expected)
     # a 3D branch repeated over slices costs exactly its own cross-entropy
     volume_logits = torch.randn(3, 7)

@@ -18,13 +18,19 @@ from medsora.text.corpus import default_corpus_dir
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 STRUCTURES = ["2D Only", "3D Only", "2D+3D (concat)", "2D+3D (cross-Attn)"]
-TINY_SCHEDULE = "{'epochs': 1, 'val_interval': 1, 'anchor_epochs': 3, 'text_epochs': 3, 'gate_epochs': 3, 'align_epochs': 3}"
+TINY_SCHEDULE = (
+    "{'epochs': 1, 'val_interval': 1, 'anchor_epochs': 3, 'text_epochs': 3, 'gate_epochs': 3, 'align_epochs': 3}"
+)
 FULL_LABELS = "soft_annotated_organ_at_1"  # the slug of the full model's Table 2 row, "Soft, annotated organ at 1"
 
 
 def test_bm25_scores_each_organ_by_its_best_matching_training_text():
-    train = ["yellow skin and dark urine", "flank pain with blood in the urine", "vomiting blood after meals",
-             "burning upper abdominal pain after meals"]  # fmt: skip
+    train = [
+        "yellow skin and dark urine",
+        "flank pain with blood in the urine",
+        "vomiting blood after meals",
+        "burning upper abdominal pain after meals",
+    ]
     labels = np.zeros((4, 3), dtype=bool)
     labels[0, 0] = labels[1, 1] = labels[2, 2] = labels[3, 2] = True  # organs: liver, kidney, stomach
     labels[1, 0] = True  # a multi-organ training text counts for both organs
@@ -52,16 +58,34 @@ def test_summaries_are_mean_and_sample_std_in_percent():
 
 
 def test_report_prints_the_papers_numbers_labelled_beside_ours():
-    row = summarize_reports([{"Rank-1": 0.5, "Rank-2": 0.6, "Rank-3": 0.7, "mAP (class-wise)": 0.4,
-                              "mAP (query-wise)": 0.45}] * 2)  # fmt: skip
-    ood = {k: summarize([0.9, 0.8]) for k in ("AUROC", "AUROC of P(abdominal)", "threshold", "in_domain_recall",
-                                              "ood_rejection")}  # fmt: skip
-    table = {"title": "Table 2", "caption": "c", "rows": {"Soft": row}, "paper": {"Soft": {"Rank-1": 77.5, "mAP": 73.46},
-                                                                                "Other": {"Rank-1": 1.0}}}  # fmt: skip
-    metrics = {"seeds": [3, 4], "test_queries": 10, "ood_test_queries": 5, "schedule": {"epochs": 1},
-               "tables": {"labeling": table, "structure": table, "text_models": table, "out_of_domain": {"m": ood},
-                          "image": {"2D Only": {"accuracy": summarize([1.0]),
-                                                "recall_per_organ": {o: summarize([1.0]) for o in ORGANS}}}}}  # fmt: skip
+    row = summarize_reports(
+        [{"Rank-1": 0.5, "Rank-2": 0.6, "Rank-3": 0.7, "mAP (class-wise)": 0.4, "mAP (query-wise)": 0.45}] * 2
+    )
+    ood = {
+        k: summarize([0.9, 0.8])
+        for k in ("AUROC", "AUROC of P(abdominal)", "threshold", "in_domain_recall", "ood_rejection")
+    }
+    table = {
+        "title": "Table 2",
+        "caption": "c",
+        "rows": {"Soft": row},
+        "paper": {"Soft": {"Rank-1": 77.5, "mAP": 73.46}, "Other": {"Rank-1": 1.0}},
+    }
+    metrics = {
+        "seeds": [3, 4],
+        "test_queries": 10,
+        "ood_test_queries": 5,
+        "schedule": {"epochs": 1},
+        "tables": {
+            "labeling": table,
+            "structure": table,
+            "text_models": table,
+            "out_of_domain": {"m": ood},
+            "image": {
+                "2D Only": {"accuracy": summarize([1.0]), "recall_per_organ": {o: summarize([1.0]) for o in ORGANS}}
+            },
+        },
+    }
     report = markdown_report(metrics, {"Fig. 5": "figures/fig5.png"}, ORGANS)
     assert "Seeds: 3, 4" in report
     assert "| Soft | ours, 2 seed(s) | 50.0 ± 0.0 | 60.0 ± 0.0 | 70.0 ± 0.0 | 40.0 ± 0.0 | 45.0 ± 0.0 |" in report
@@ -72,11 +96,18 @@ def test_report_prints_the_papers_numbers_labelled_beside_ours():
 
 
 def grid(tmp_path, **changes):
-    values = dict(configs_dir=CONFIGS, work_dir=str(tmp_path), seeds=[0, 1],
-                  image_structures={s: None for s in STRUCTURES}, labelings={"Hard": "hard", "Soft": "soft"},
-                  text_encoders={"MiniLM": {}, "Other": {"path": "/models/other"}},
-                  default_structure="2D+3D (cross-Attn)", default_labeling="Soft", default_encoder="MiniLM",
-                  overrides={"epochs": 1})  # fmt: skip
+    values = dict(
+        configs_dir=CONFIGS,
+        work_dir=str(tmp_path),
+        seeds=[0, 1],
+        image_structures={s: None for s in STRUCTURES},
+        labelings={"Hard": "hard", "Soft": "soft"},
+        text_encoders={"MiniLM": {}, "Other": {"path": "/models/other"}},
+        default_structure="2D+3D (cross-Attn)",
+        default_labeling="Soft",
+        default_encoder="MiniLM",
+        overrides={"epochs": 1},
+    )
     return ExperimentGrid(**{**values, **changes})
 
 
@@ -94,25 +125,48 @@ def test_grid_trains_each_row_once_and_shares_the_full_model(tmp_path):
 
 @pytest.mark.parametrize(
     "changes, message",
-    [({"default_structure": "4D"}, r"evaluation#default_structure '4D' is not one of"),
-     ({"seeds": []}, "evaluation#seeds is empty"),
-     ({"labelings": {"Hard": "hard", "Soft": "fuzzy"}}, r"label_mode must be one of \[.*\], got 'fuzzy'")],
-)  # fmt: skip
+    [
+        ({"default_structure": "4D"}, r"evaluation#default_structure '4D' is not one of"),
+        ({"seeds": []}, "evaluation#seeds is empty"),
+        ({"labelings": {"Hard": "hard", "Soft": "fuzzy"}}, r"label_mode must be one of \[.*\], got 'fuzzy'"),
+    ],
+)
 def test_grid_refuses_a_bad_configuration(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         grid(tmp_path, **changes)
 
 
 def run_evaluate(root, *extra):
-    overrides = ["--phantom_dir", str(root / "phantom"), "--output_dir", str(root / "eval"),
-                 "--phantom#num_cases", "5", "--phantom#num_validation", "2", "--batch_size", "3",
-                 "--corpus_dir", str(root / "corpus"), "--text_cache_dir", str(root / "cache"),
-                 "--evaluation#seeds", "[0, 1]", "--evaluation#schedule", TINY_SCHEDULE,
-                 "--evaluation#text_encoders#MiniLM_CLS", f"{{'path': '{default_minilm_path()}', 'pooling': 'cls'}}",
-                 *extra]  # fmt: skip
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file",
-                             str([TRAIN, EVALUATE]), *overrides], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=1200)  # fmt: skip
+    overrides = [
+        "--phantom_dir",
+        str(root / "phantom"),
+        "--output_dir",
+        str(root / "eval"),
+        "--phantom#num_cases",
+        "5",
+        "--phantom#num_validation",
+        "2",
+        "--batch_size",
+        "3",
+        "--corpus_dir",
+        str(root / "corpus"),
+        "--text_cache_dir",
+        str(root / "cache"),
+        "--evaluation#seeds",
+        "[0, 1]",
+        "--evaluation#schedule",
+        TINY_SCHEDULE,
+        "--evaluation#text_encoders#MiniLM_CLS",
+        f"{{'path': '{default_minilm_path()}', 'pooling': 'cls'}}",
+        *extra,
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file", str([TRAIN, EVALUATE]), *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if result.returncode != 0:
         raise AssertionError(f"evaluate failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result.stdout + result.stderr
@@ -130,8 +184,13 @@ def evaluated(tmp_path_factory):
     first = run_evaluate(root)
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     again = run_evaluate(root)
-    return {"root": root, "log": first, "again": again, "metrics": metrics,
-            "metrics_again": json.loads((root / "eval" / "metrics.json").read_text())}  # fmt: skip
+    return {
+        "root": root,
+        "log": first,
+        "again": again,
+        "metrics": metrics,
+        "metrics_again": json.loads((root / "eval" / "metrics.json").read_text()),
+    }
 
 
 def test_every_row_is_trained_for_every_seed(evaluated):
@@ -145,12 +204,19 @@ def test_every_row_is_trained_for_every_seed(evaluated):
     assert list(tables["labeling"]["rows"]) == ["Hard", "Soft", "Soft, annotated organ at 1"]
     assert list(tables["structure"]["rows"]) == STRUCTURES
     assert list(tables["text_models"]["rows"]) == [
-        "MiniLM* (zero-shot: query vs. organ name)", "MiniLM_CLS* (zero-shot: query vs. organ name)",
-        "BM25 over the training texts", "MiniLM: text head alone (no image)", "Med-SORA (ours)",
-        "MiniLM_CLS: text head alone (no image)", "MiniLM_CLS"]  # fmt: skip
+        "MiniLM* (zero-shot: query vs. organ name)",
+        "MiniLM_CLS* (zero-shot: query vs. organ name)",
+        "BM25 over the training texts",
+        "MiniLM: text head alone (no image)",
+        "Med-SORA (ours)",
+        "MiniLM_CLS: text head alone (no image)",
+        "MiniLM_CLS",
+    ]
     assert list(tables["clinician_queries"]["rows"]) == [
-        f"{model}, {labels} labels" for labels in ("Hard", "Soft", "Soft, annotated organ at 1")
-        for model in ("Med-SORA", "text head alone")]  # fmt: skip
+        f"{model}, {labels} labels"
+        for labels in ("Hard", "Soft", "Soft, annotated organ at 1")
+        for model in ("Med-SORA", "text head alone")
+    ]
     for table in ("labeling", "structure", "text_models", "clinician_queries"):
         for row in tables[table]["rows"].values():
             for metric in ("Rank-1", "Rank-2", "Rank-3", "mAP (class-wise)", "mAP (query-wise)"):
@@ -182,9 +248,14 @@ def test_the_full_model_is_one_run_shared_by_the_tables_and_matches_its_own_metr
 def test_report_has_every_table_the_papers_numbers_and_the_figures(evaluated):
     root = evaluated["root"]
     report = (root / "eval" / "report.md").read_text()
-    for title in ("Table 2: hard vs. soft labelling", "Table 3: 2D / 3D image feature fusion",
-                  "Table 4: text models and baselines", "Clinician-phrased queries, per labelling",
-                  "Out-of-domain rejection", "Image side"):  # fmt: skip
+    for title in (
+        "Table 2: hard vs. soft labelling",
+        "Table 3: 2D / 3D image feature fusion",
+        "Table 4: text models and baselines",
+        "Clinician-phrased queries, per labelling",
+        "Out-of-domain rejection",
+        "Image side",
+    ):
         assert title in report
     assert "Seeds: 0, 1" in report
     assert "| Soft | **paper** | 77.50 | 89.64 | 94.85 | 73.46 | – |" in report
@@ -192,8 +263,12 @@ def test_report_has_every_table_the_papers_numbers_and_the_figures(evaluated):
     assert "| PubMedBERT | **paper** | 74.29 | 85.00 | 90.71 | 71.65 | – |" in report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     names = {os.path.basename(link) for link in links}
-    assert {"fig5_text_features.png", "fig6_organ_correlation.png", "fig6_queries_vs_organs.png",
-            "fig7_fusion_attention.png"} <= names  # fmt: skip
+    assert {
+        "fig5_text_features.png",
+        "fig6_organ_correlation.png",
+        "fig6_queries_vs_organs.png",
+        "fig7_fusion_attention.png",
+    } <= names
     assert sum(name.startswith("img") for name in names) == 4  # the four example queries on a validation CT
     for link in links:
         with open(root / "eval" / link, "rb") as f:
@@ -223,6 +298,8 @@ def test_the_commands_data_and_label_convention_reach_every_run(tmp_path):
     assert overrides["label_convention"] == "totalsegmentator"
     assert overrides["label_conventions"]["totalsegmentator"]["organ_labels"]["liver"] == [5]
     assert overrides["epochs"] == parser["evaluation"]["schedule"]["epochs"]
-    assert g.seeds == [0, 1, 2] and g.default == Alignment(-1, "2D+3D (cross-Attn)", "MiniLM", "Soft, annotated organ at 1")
+    assert g.seeds == [0, 1, 2] and g.default == Alignment(
+        -1, "2D+3D (cross-Attn)", "MiniLM", "Soft, annotated organ at 1"
+    )
     files = g.config_files("3D Only", "text.yaml")
     assert [os.path.basename(f) for f in files] == ["train.yaml", "text.yaml", "3d_only.yaml"]

@@ -53,8 +53,12 @@ def test_layout_and_datalist(dataset):
     assert datalist["labels"]["0"] == "background" and datalist["labels"]["1"] == "spleen"
     assert set(datalist["labels"]) == {str(k) for k in range(14)}
     assert datalist["phantom"] == {
-        "version": phantom.PHANTOM_VERSION, "seed": 3, "num_cases": NUM_CASES, "num_validation": NUM_VAL,
-        "shape": list(SHAPE), "p_missing_gallbladder": 0.0,
+        "version": phantom.PHANTOM_VERSION,
+        "seed": 3,
+        "num_cases": NUM_CASES,
+        "num_validation": NUM_VAL,
+        "shape": list(SHAPE),
+        "p_missing_gallbladder": 0.0,
     }
     assert sorted(os.listdir(root / "imagesTr")) == [f"img{i:04d}.nii.gz" for i in range(1, NUM_CASES + 1)]
     leftovers = [n for d in ("", "imagesTr", "labelsTr") for n in os.listdir(root / d) if n.startswith(".")]
@@ -113,8 +117,11 @@ def test_anatomical_sides_after_monai_orientation(dataset):
 
     root, path = dataset
     load = Compose(
-        [LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
-         Orientationd(keys=["image", "label"], axcodes="RAS")]
+        [
+            LoadImaged(keys=["image", "label"]),
+            EnsureChannelFirstd(keys=["image", "label"]),
+            Orientationd(keys=["image", "label"], axcodes="RAS"),
+        ]
     )
     for item in _items(path)[1]:
         data = load({k: os.path.join(root, v) for k, v in item.items()})
@@ -167,7 +174,10 @@ def test_idempotent_and_refuses_to_clobber(dataset):
     root, path = dataset
     files = [os.path.join(root, v) for item in _items(path)[1] for v in item.values()] + [path]
     before = {f: os.stat(f).st_mtime_ns for f in files}
-    assert phantom.generate_phantom_dataset(str(root), num_cases=NUM_CASES, num_validation=NUM_VAL, seed=3, shape=SHAPE) == path
+    assert (
+        phantom.generate_phantom_dataset(str(root), num_cases=NUM_CASES, num_validation=NUM_VAL, seed=3, shape=SHAPE)
+        == path
+    )
     assert phantom.ensure_phantom(str(root), num_cases=NUM_CASES, num_validation=NUM_VAL, seed=3, shape=SHAPE) == path
     assert {f: os.stat(f).st_mtime_ns for f in files} == before
     with pytest.raises(ValueError, match="seed") as err:
@@ -219,8 +229,14 @@ def test_resumes_an_interrupted_run(tmp_path):
 
 
 def _items_phantom(params):
-    return {"version": phantom.PHANTOM_VERSION, "seed": params["seed"], "num_cases": params["num_cases"],
-            "num_validation": params["num_validation"], "shape": list(params["shape"]), "p_missing_gallbladder": 0.0}
+    return {
+        "version": phantom.PHANTOM_VERSION,
+        "seed": params["seed"],
+        "num_cases": params["num_cases"],
+        "num_validation": params["num_validation"],
+        "shape": list(params["shape"]),
+        "p_missing_gallbladder": 0.0,
+    }
 
 
 def test_bad_arguments(tmp_path):

@@ -44,7 +44,13 @@ def test_organ_order_and_label_matrix():
 def test_rank_organs_breaks_ties_by_canonical_order():
     # 0.9: pancreas, gallbladder, adrenal_gland (canonical order); 0.5: liver, kidney, stomach; then spleen.
     assert rank_organs(SCORES[0]) == [
-        "pancreas", "gallbladder", "adrenal_gland", "liver", "kidney", "stomach", "spleen",
+        "pancreas",
+        "gallbladder",
+        "adrenal_gland",
+        "liver",
+        "kidney",
+        "stomach",
+        "spleen",
     ]
     assert rank_organs(SCORES[2]) == list(ORGANS)
     assert rank_organs([1, 2, 2], organs=("a", "b", "c")) == ["b", "c", "a"]
@@ -80,8 +86,13 @@ def test_classwise_ap_organ_without_positives_is_none_and_excluded():
     # Class-wise mAP = (1 + 1 + 1/2 + 1) / 4 = 0.875 (not (3.5 + 0) / 7 = 0.5, nor (3.5 + 3) / 7).
     per_organ = classwise_average_precision(SCORES, LABELS)
     assert per_organ == {
-        "liver": 1.0, "pancreas": None, "kidney": 1.0, "gallbladder": None,
-        "spleen": None, "stomach": 0.5, "adrenal_gland": 1.0,
+        "liver": 1.0,
+        "pancreas": None,
+        "kidney": 1.0,
+        "gallbladder": None,
+        "spleen": None,
+        "stomach": 0.5,
+        "adrenal_gland": 1.0,
     }
     assert classwise_map(SCORES, LABELS) == pytest.approx(0.875)
 
@@ -96,9 +107,10 @@ def test_classwise_ap_breaks_query_ties_by_query_index():
     assert classwise_map(scores, labels, organs) == pytest.approx(0.875)
     # the same tie with the positives first in index order is a perfect ranking
     assert classwise_average_precision(scores[:, :1], [["liver"]] * 4, ("liver",)) == {"liver": 1.0}
-    assert classwise_average_precision(
-        np.full((3, 2), 0.5), [["spleen"], ["spleen"], ["liver"]], organs
-    ) == {"liver": pytest.approx(1 / 3), "spleen": 1.0}
+    assert classwise_average_precision(np.full((3, 2), 0.5), [["spleen"], ["spleen"], ["liver"]], organs) == {
+        "liver": pytest.approx(1 / 3),
+        "spleen": 1.0,
+    }
 
 
 def test_perfect_and_worst_rankings():
@@ -120,7 +132,13 @@ def test_perfect_and_worst_rankings():
 def test_retrieval_report_keys_and_values():
     report = retrieval_report(SCORES, LABELS)
     assert list(report) == [
-        "Rank-1", "Rank-2", "Rank-3", "mAP (class-wise)", "mAP (query-wise)", "AP per organ", "queries",
+        "Rank-1",
+        "Rank-2",
+        "Rank-3",
+        "mAP (class-wise)",
+        "mAP (query-wise)",
+        "AP per organ",
+        "queries",
     ]
     assert report["Rank-1"] == pytest.approx(1 / 3) and report["Rank-3"] == pytest.approx(2 / 3)
     assert report["mAP (class-wise)"] == pytest.approx(0.875)

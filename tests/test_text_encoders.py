@@ -87,8 +87,15 @@ class EmbeddingServer:
                 if server.mutate is not None:
                     data = server.mutate(data)
                 tokens = sum(len(t.split()) for t in texts)
-                self.reply(200, {"object": "list", "data": data, "model": body["model"],
-                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+                self.reply(
+                    200,
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body["model"],
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                    },
+                )
 
             def reply(self, status: int, payload: dict) -> None:
                 raw = json.dumps(payload).encode()
@@ -104,8 +111,7 @@ class EmbeddingServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -125,8 +131,14 @@ def openai_encoder(server, monkeypatch):
     monkeypatch.setenv("MEDSORA_TEST_KEY", KEY)
 
     def make(**kwargs) -> OpenAIEmbeddingEncoder:
-        options = {"model": "test-embed", "base_url": server.base_url, "api_key_env": "MEDSORA_TEST_KEY",
-                   "backoff_s": 0.01, "timeout_s": 10.0, **kwargs}
+        options = {
+            "model": "test-embed",
+            "base_url": server.base_url,
+            "api_key_env": "MEDSORA_TEST_KEY",
+            "backoff_s": 0.01,
+            "timeout_s": 10.0,
+            **kwargs,
+        }
         return OpenAIEmbeddingEncoder(**options)
 
     return make
@@ -190,8 +202,14 @@ def test_auto_pooling_is_cls_without_sentence_transformers_config(tmp_path, mini
     source = default_minilm_path()
     plain = tmp_path / "plain-bert"
     plain.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ):
         os.symlink(os.path.join(source, name), plain / name)
     encoder = HFTextEncoder(str(plain))
     assert minilm.pooling == "mean" and encoder.pooling == "cls"
@@ -316,8 +334,9 @@ def test_openai_connection_errors_are_retried(monkeypatch):
     closed = EmbeddingServer()
     base_url = closed.base_url
     closed.close()
-    encoder = OpenAIEmbeddingEncoder("test-embed", base_url=base_url, api_key_env="MEDSORA_TEST_KEY", max_retries=2,
-                                     backoff_s=0.01, timeout_s=2.0)
+    encoder = OpenAIEmbeddingEncoder(
+        "test-embed", base_url=base_url, api_key_env="MEDSORA_TEST_KEY", max_retries=2, backoff_s=0.01, timeout_s=2.0
+    )
     with pytest.raises(RuntimeError, match="after 3 attempts.*APIConnectionError") as error:
         encoder.encode(TEXTS[:1])
     assert KEY not in "".join(traceback.format_exception(error.value))

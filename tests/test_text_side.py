@@ -20,8 +20,7 @@ from medsora.text.encoders import HFTextEncoder
 
 TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-SHORT = ["--anchor_epochs", "20", "--text_epochs", "20", "--gate_epochs", "20",
-         "--align_epochs", "10"]  # fmt: skip
+SHORT = ["--anchor_epochs", "20", "--text_epochs", "20", "--gate_epochs", "20", "--align_epochs", "10"]
 
 
 def run_bundle(*args):
@@ -52,8 +51,17 @@ def trained(tmp_path_factory):
 
 
 def query(trained, *args):
-    return run_bundle("run", "query", "--config_file", INFERENCE, "--ckpt_dir", str(trained["ckpt_dir"]),
-                      "--output_dir", str(trained["output_dir"]), *args)  # fmt: skip
+    return run_bundle(
+        "run",
+        "query",
+        "--config_file",
+        INFERENCE,
+        "--ckpt_dir",
+        str(trained["ckpt_dir"]),
+        "--output_dir",
+        str(trained["output_dir"]),
+        *args,
+    )
 
 
 def test_every_stage_writes_its_file(trained):
@@ -135,8 +143,21 @@ def test_query_on_a_patient_ct_writes_probability_maps(trained, tmp_path):
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"text": "painless jaundice and weight loss"}) + "\n")
     out = tmp_path / "answers.jsonl"
-    check(query(trained, "--queries_file", str(queries), "--output_file", str(out), "--image", image, "--label", label,
-                "--maps_dir", str(tmp_path / "maps")))  # fmt: skip
+    check(
+        query(
+            trained,
+            "--queries_file",
+            str(queries),
+            "--output_file",
+            str(out),
+            "--image",
+            image,
+            "--label",
+            label,
+            "--maps_dir",
+            str(tmp_path / "maps"),
+        )
+    )
     answer = json.loads(out.read_text())
     prob = nib.load(answer["probability_map"])
     labels = nib.load(label)

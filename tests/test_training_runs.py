@@ -24,10 +24,16 @@ def dataset(tmp_path_factory):
 def train(dataset, ckpt_dir, epochs=3, stop_after=None, **overrides):
     """Train for ``epochs``; ``stop_after`` kills the run after that epoch, like an interrupted job."""
     workflow = ConfigWorkflow(
-        config_file=TRAIN, workflow_type="train", run_id="training",
-        dataset_dir=dataset, ckpt_dir=str(ckpt_dir), output_dir=str(ckpt_dir / "eval"),
-        epochs=epochs, batch_size=2, **overrides,
-    )  # fmt: skip
+        config_file=TRAIN,
+        workflow_type="train",
+        run_id="training",
+        dataset_dir=dataset,
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(ckpt_dir / "eval"),
+        epochs=epochs,
+        batch_size=2,
+        **overrides,
+    )
     workflow.initialize()
     if stop_after is not None:
         set_determinism(seed=workflow.parser["seed"])  # as the run list does before building the network
@@ -41,8 +47,12 @@ def train(dataset, ckpt_dir, epochs=3, stop_after=None, **overrides):
 def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
     straight = train(dataset, tmp_path / "straight")
     interrupted = train(dataset, tmp_path / "interrupted", stop_after=2)
-    resumed = train(dataset, tmp_path / "interrupted", resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt"))
-    assert resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 3 * straight["trainer"]["epoch_length"]
+    resumed = train(
+        dataset, tmp_path / "interrupted", resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt")
+    )
+    assert (
+        resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 3 * straight["trainer"]["epoch_length"]
+    )
     for name, weight in straight["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     # the resumed run did train: epoch 3 moved the weights on from the interruption
@@ -52,11 +62,32 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, t
 def test_data_parallel_training_under_torchrun(dataset, tmp_path):
     config = str([TRAIN, os.path.join(os.path.dirname(TRAIN), "multi_gpu_train.yaml")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-        "-m", "monai.bundle", "run", "training", "--config_file", config, "--dataset_dir", dataset,
-        "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--epochs", "1",
-        "--batch_size", "1", "--num_workers", "0",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        config,
+        "--dataset_dir",
+        dataset,
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "1",
+        "--num_workers",
+        "0",
+    ]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     # three training cases over two ranks: each runs two iterations (the sampler pads to an even split)

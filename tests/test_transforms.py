@@ -171,4 +171,3 @@ def test_empty_mask_is_an_error_naming_the_organ():
     data = {"image": torch.zeros(1, 4, 4, 4), "mask": torch.zeros(1, 4, 4, 4), "organ": "spleen"}
     with pytest.raises(ValueError, match="spleen.*empty"):
         SampleSlicesd(keys=["image", "mask"], num_slices=4, spatial_size=4)(data)
-

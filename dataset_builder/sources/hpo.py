@@ -79,11 +79,13 @@ class HPOIndex:
         branch = {o: descendants(self.ontology, hcfg["roots"][o]) for o in self.organs}
         # The gallbladder branch sits inside the liver's (biliary system): a nested organ's terms
         # belong to the nested organ only.
-        self.branch = {o: branch[o] - set().union(*(branch[n] for n in self.organs
-                                                    if n != o and branch[n] < branch[o]))
-                       for o in self.organs}
-        self.presentation = (descendants(self.ontology, hcfg["presentation_roots"])
-                             - descendants(self.ontology, hcfg["exclude_roots"]))
+        self.branch = {
+            o: branch[o] - set().union(*(branch[n] for n in self.organs if n != o and branch[n] < branch[o]))
+            for o in self.organs
+        }
+        self.presentation = descendants(self.ontology, hcfg["presentation_roots"]) - descendants(
+            self.ontology, hcfg["exclude_roots"]
+        )
         self.diseases = {o: self._diseases_of(self.branch[o]) for o in self.organs}
         self.all_diseases = list(self.ontology.omim_diseases)
         self.global_count = Counter(t for d in self.all_diseases for t in d.hpo)
@@ -91,8 +93,9 @@ class HPOIndex:
         self.min_support = int(hcfg["min_support"])
         # A presenting finding may lie in another organ's branch (it then joins the test labels), but
         # must not name an organ.
-        self.names_organ = re.compile("|".join(p for ps in cfg["split"]["leakage_patterns"].values() for p in ps),
-                                      re.IGNORECASE)
+        self.names_organ = re.compile(
+            "|".join(p for ps in cfg["split"]["leakage_patterns"].values() for p in ps), re.IGNORECASE
+        )
 
     def _diseases_of(self, branch: set[int]) -> dict[int, Any]:
         found: dict[int, Any] = {}
@@ -146,24 +149,49 @@ def retrieve_hpo(cfg: dict[str, Any], progress: Any = None) -> list[dict[str, An
     for organ in index.organs:
         for term_id in sorted(index.branch[organ]):
             term = index.ontology[term_id]
-            records.append(_record(organ, "term", term.id, term.name, clean_definition(term.definition),
-                                   [index.finding(term_id)], term.id, read_at, ver))
+            records.append(
+                _record(
+                    organ,
+                    "term",
+                    term.id,
+                    term.name,
+                    clean_definition(term.definition),
+                    [index.finding(term_id)],
+                    term.id,
+                    read_at,
+                    ver,
+                )
+            )
         enriched = index.enriched(organ)
         for disease_id in sorted(index.diseases[organ]):
             disease = index.diseases[organ][disease_id]
-            anchors = sorted((t for t in disease.hpo if t in index.branch[organ]
-                              and not is_grouping(index.ontology[t].name)),
-                             key=lambda t: (-index.global_count[t], t))
-            extras = sorted((t for t in disease.hpo if t in enriched and t not in index.branch[organ]),
-                            key=lambda t: (-enriched[t], t))
+            anchors = sorted(
+                (t for t in disease.hpo if t in index.branch[organ] and not is_grouping(index.ontology[t].name)),
+                key=lambda t: (-index.global_count[t], t),
+            )
+            extras = sorted(
+                (t for t in disease.hpo if t in enriched and t not in index.branch[organ]),
+                key=lambda t: (-enriched[t], t),
+            )
             anchors = anchors[: int(hcfg["max_organ_findings"])]
             chosen = anchors + extras[: int(hcfg["max_presenting_findings"])]
             if not anchors:
                 continue
             ident = f"OMIM:{disease_id}"
-            records.append(_record(organ, "disease", ident, disease.name, "",
-                                   [index.finding(t) for t in chosen], ident, read_at, ver,
-                                   anchors=len(anchors)))
+            records.append(
+                _record(
+                    organ,
+                    "disease",
+                    ident,
+                    disease.name,
+                    "",
+                    [index.finding(t) for t in chosen],
+                    ident,
+                    read_at,
+                    ver,
+                    anchors=len(anchors),
+                )
+            )
         if progress is not None:
             progress.update(1)
     records += _ood_records(index, cfg, read_at, ver)
@@ -186,17 +214,36 @@ def _ood_records(index: HPOIndex, cfg: dict[str, Any], read_at: str, ver: str) -
     taken: set[int] = set()
 
     def take(branch: str, roots: list[str], n: int, avoid: set[int], **extra: Any) -> list[dict[str, Any]]:
-        candidates = [t for t in descendants(index.ontology, roots)
-                      if t not in avoid and t not in taken and not is_grouping(index.ontology[t].name)
-                      and not is_structural(index.ontology[t])]
+        candidates = [
+            t
+            for t in descendants(index.ontology, roots)
+            if t not in avoid
+            and t not in taken
+            and not is_grouping(index.ontology[t].name)
+            and not is_structural(index.ontology[t])
+        ]
         candidates.sort(key=lambda t: (-len(index.ontology[t].omim_diseases), t))
         out = []
         for term_id in candidates[:n]:
             taken.add(term_id)
             term = index.ontology[term_id]
             finding = index.finding(term_id)
-            out.append(_record(None, "term", term.id, term.name, clean_definition(term.definition),
-                               [finding], term.id, read_at, ver, domain="ood", branch=branch, **extra))
+            out.append(
+                _record(
+                    None,
+                    "term",
+                    term.id,
+                    term.name,
+                    clean_definition(term.definition),
+                    [finding],
+                    term.id,
+                    read_at,
+                    ver,
+                    domain="ood",
+                    branch=branch,
+                    **extra,
+                )
+            )
         return out
 
     records = []
@@ -204,8 +251,9 @@ def _ood_records(index: HPOIndex, cfg: dict[str, Any], read_at: str, ver: str) -
         records += take(branch, roots, int(hcfg["ood_terms_per_branch"]), abdominal)
     n_train = int(hcfg.get("ood_train_terms_per_branch") or 0)
     if n_train:
-        presenting = {int(p) for root in hcfg["presentation_roots"]
-                      for p in index.ontology.get_hpo_object(root).all_parents}
+        presenting = {
+            int(p) for root in hcfg["presentation_roots"] for p in index.ontology.get_hpo_object(root).all_parents
+        }
         avoid = abdominal | index.presentation | presenting
         for branches in (hcfg["ood_roots"], hcfg.get("ood_train_roots") or {}):
             for branch, roots in branches.items():
@@ -213,8 +261,18 @@ def _ood_records(index: HPOIndex, cfg: dict[str, Any], read_at: str, ver: str) -
     return records
 
 
-def _record(organ: str | None, kind: str, identifier: str, title: str, text: str,
-            findings: list[dict[str, Any]], group: str, read_at: str, ver: str, **extra: Any) -> dict[str, Any]:
+def _record(
+    organ: str | None,
+    kind: str,
+    identifier: str,
+    title: str,
+    text: str,
+    findings: list[dict[str, Any]],
+    group: str,
+    read_at: str,
+    ver: str,
+    **extra: Any,
+) -> dict[str, Any]:
     domain = extra.pop("domain", "organ")
     return {
         "id": stable_id("hpo", kind, identifier, organ or domain),

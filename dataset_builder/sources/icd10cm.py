@@ -22,18 +22,24 @@ def retrieve_icd10cm(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 raise StageError("retrieve", "not an ICD-10-CM code", f"{organ}/{root}")
             for code in [root, *icd.get_descendants(root)]:
                 description = icd.get_description(code)
-                finding = {"icd_code": code, "name": description,
-                           "synonyms": sorted(set(icd.get_inclusion_term(code))), "organs": [organ]}
-                records.append({
-                    "id": stable_id("icd10cm", code, organ),
-                    "organ": organ,
-                    "domain": "organ",
-                    "source": "icd10cm",
-                    "kind": "code",
-                    "title": description,
-                    "text": "",
-                    "findings": [finding],
-                    "group": f"ICD10CM:{code}",
-                    "provenance": provenance("icd10cm", code, read_at, version=ver),
-                })
+                finding = {
+                    "icd_code": code,
+                    "name": description,
+                    "synonyms": sorted(set(icd.get_inclusion_term(code))),
+                    "organs": [organ],
+                }
+                records.append(
+                    {
+                        "id": stable_id("icd10cm", code, organ),
+                        "organ": organ,
+                        "domain": "organ",
+                        "source": "icd10cm",
+                        "kind": "code",
+                        "title": description,
+                        "text": "",
+                        "findings": [finding],
+                        "group": f"ICD10CM:{code}",
+                        "provenance": provenance("icd10cm", code, read_at, version=ver),
+                    }
+                )
     return records

@@ -30,7 +30,7 @@ class _MirrorHandler(urllib.request.BaseHandler):
 
     def https_request(self, request: urllib.request.Request) -> urllib.request.Request:
         if request.full_url.startswith(NCBI_EUTILS):
-            request.full_url = self.base_url + request.full_url[len(NCBI_EUTILS):]
+            request.full_url = self.base_url + request.full_url[len(NCBI_EUTILS) :]
         return request
 
 
@@ -80,8 +80,9 @@ def retrieve_pubmed(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def _query(entrez: Any, endpoint: str, organ: str, query: str, retmax: int,
-           seen: set[tuple[str, str]]) -> list[dict[str, Any]]:
+def _query(
+    entrez: Any, endpoint: str, organ: str, query: str, retmax: int, seen: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
     """Abstract records of one organ query (PMIDs already seen for the organ are skipped)."""
     where = f"{organ}/{query!r}"
     try:
@@ -95,8 +96,9 @@ def _query(entrez: Any, endpoint: str, organ: str, query: str, retmax: int,
     except (HTTPError, URLError, OSError) as err:
         raise StageError("retrieve", f"PubMed request to {endpoint} failed: {err}", where) from err
     except (RuntimeError, ValueError, KeyError) as err:
-        raise StageError("retrieve", f"PubMed answer from {endpoint} is not valid E-utilities XML: {err}",
-                         where) from err
+        raise StageError(
+            "retrieve", f"PubMed answer from {endpoint} is not valid E-utilities XML: {err}", where
+        ) from err
     fetched_at = now_utc()
     records: list[dict[str, Any]] = []
     for entry in articles:
@@ -106,11 +108,18 @@ def _query(entrez: Any, endpoint: str, organ: str, query: str, retmax: int,
         if not text or (organ, pmid) in seen:
             continue
         seen.add((organ, pmid))
-        records.append({
-            "id": stable_id("pubmed", pmid, organ),
-            "organ": organ, "domain": "organ", "source": "pubmed", "kind": "abstract",
-            "title": str(citation["Article"].get("ArticleTitle", "")),
-            "text": text, "findings": [], "group": f"PMID:{pmid}",
-            "provenance": provenance("pubmed", f"PMID:{pmid}", fetched_at, query=query),
-        })
+        records.append(
+            {
+                "id": stable_id("pubmed", pmid, organ),
+                "organ": organ,
+                "domain": "organ",
+                "source": "pubmed",
+                "kind": "abstract",
+                "title": str(citation["Article"].get("ArticleTitle", "")),
+                "text": text,
+                "findings": [],
+                "group": f"PMID:{pmid}",
+                "provenance": provenance("pubmed", f"PMID:{pmid}", fetched_at, query=query),
+            }
+        )
     return records

@@ -16,8 +16,17 @@ from ..provenance import now_utc, provenance, stable_id
 
 log = logging.getLogger(__name__)
 
-SKIPPED_SECTIONS = {"references", "see also", "external links", "further reading", "notes", "bibliography",
-                    "sources", "citations", "gallery"}
+SKIPPED_SECTIONS = {
+    "references",
+    "see also",
+    "external links",
+    "further reading",
+    "notes",
+    "bibliography",
+    "sources",
+    "citations",
+    "gallery",
+}
 
 
 class _MirrorTransport(httpx.HTTPTransport):
@@ -28,8 +37,9 @@ class _MirrorTransport(httpx.HTTPTransport):
         self._target = urlsplit(api_url)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url.copy_with(scheme=self._target.scheme, host=self._target.hostname,
-                                    port=self._target.port, path=self._target.path)
+        url = request.url.copy_with(
+            scheme=self._target.scheme, host=self._target.hostname, port=self._target.port, path=self._target.path
+        )
         request.url = url
         request.headers["Host"] = url.netloc.decode()
         return super().handle_request(request)
@@ -42,10 +52,14 @@ def client(wcfg: dict[str, Any]) -> Any:
     kwargs: dict[str, Any] = {"timeout": float(wcfg.get("timeout", 10.0))}
     if wcfg.get("api_url"):
         kwargs["transport"] = _MirrorTransport(wcfg["api_url"])
-    return wikipediaapi.Wikipedia(user_agent=wcfg["user_agent"], language=wcfg.get("language", "en"),
-                                  extract_format=wikipediaapi.ExtractFormat.WIKI,
-                                  max_retries=int(wcfg.get("max_retries", 3)),
-                                  retry_wait=float(wcfg.get("retry_wait", 1.0)), **kwargs)
+    return wikipediaapi.Wikipedia(
+        user_agent=wcfg["user_agent"],
+        language=wcfg.get("language", "en"),
+        extract_format=wikipediaapi.ExtractFormat.WIKI,
+        max_retries=int(wcfg.get("max_retries", 3)),
+        retry_wait=float(wcfg.get("retry_wait", 1.0)),
+        **kwargs,
+    )
 
 
 def _sections(section_list: list[Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -78,19 +92,28 @@ def retrieve_wikipedia(cfg: dict[str, Any]) -> list[dict[str, Any]]:
                 parts = [("Summary", page.summary.strip())] + _sections(page.sections)
                 revision = page.lastrevid
             except (httpx.HTTPError, wikipediaapi.WikipediaException) as err:
-                raise StageError("retrieve", f"Wikipedia request to {endpoint} failed: {err}",
-                                 f"{organ}/{title!r}") from err
+                raise StageError(
+                    "retrieve", f"Wikipedia request to {endpoint} failed: {err}", f"{organ}/{title!r}"
+                ) from err
             fetched_at = now_utc()
             for section_title, text in parts:
                 if not text:
                     continue
                 ident = f"{page.title}#{section_title}@rev{revision}"
-                records.append({
-                    "id": stable_id("wikipedia", ident, organ),
-                    "organ": organ, "domain": "organ", "source": "wikipedia", "kind": "section",
-                    "title": f"{page.title}: {section_title}", "text": text, "findings": [],
-                    "group": f"WIKI:{page.title}#{section_title}",
-                    "provenance": provenance("wikipedia", ident, fetched_at, page=page.title,
-                                             revision=revision, section=section_title),
-                })
+                records.append(
+                    {
+                        "id": stable_id("wikipedia", ident, organ),
+                        "organ": organ,
+                        "domain": "organ",
+                        "source": "wikipedia",
+                        "kind": "section",
+                        "title": f"{page.title}: {section_title}",
+                        "text": text,
+                        "findings": [],
+                        "group": f"WIKI:{page.title}#{section_title}",
+                        "provenance": provenance(
+                            "wikipedia", ident, fetched_at, page=page.title, revision=revision, section=section_title
+                        ),
+                    }
+                )
     return records

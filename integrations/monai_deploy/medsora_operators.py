@@ -126,7 +126,11 @@ def read_symptom_text(input_folder: Path) -> str:
 
 
 def ranking_report(
-    answer: Mapping[str, Any], text: str, threshold: float, ct_series_uid: str, segmentation: str,
+    answer: Mapping[str, Any],
+    text: str,
+    threshold: float,
+    ct_series_uid: str,
+    segmentation: str,
     label_convention: str,
 ) -> str:
     """The SR's text: the symptom text, whether it is abdominal, every organ's score by rank, and the sources.
@@ -235,14 +239,20 @@ class OrganQueryOperator(Operator):
             answer = self._query(text, ct_dir, label_path, work_dir / "maps")
             label, affine = self._load_label(label_path)
             self._write_files(answer, text, ct, source)
-        report = ranking_report(answer, text, models["query_model"].threshold, str(ct.SeriesInstanceUID), source,
-                                self.label_convention)  # fmt: skip
+        report = ranking_report(
+            answer, text, models["query_model"].threshold, str(ct.SeriesInstanceUID), source, self.label_convention
+        )
         op_output.emit(report, "result_text")
         op_output.emit(
-            {"label": label, "affine": affine, "scores": answer["scores"],
-             "organ_labels": dict(models["organ_labels"]), "ct_datasets": ct_datasets},
+            {
+                "label": label,
+                "affine": affine,
+                "scores": answer["scores"],
+                "organ_labels": dict(models["organ_labels"]),
+                "ct_datasets": ct_datasets,
+            },
             "probability",
-        )  # fmt: skip
+        )
 
     def _segmentation(self, seg_series: list[DICOMSeries], ct: DICOMSeries) -> Any:
         """The organ segmentation: the DICOM SEG referencing the CT, or the one NIfTI label map of the input."""
@@ -418,11 +428,13 @@ class OrganProbabilitySegWriterOperator(Operator):
         ]
         # LoadImage's (x, y, z) order with a RAS affine; as (z, y, x) the frames are the CT's slices, rows and columns
         volume = hd.Volume(
-            np.stack(channels, axis=-1), np.asarray(probability["affine"], dtype=np.float64), "PATIENT",
+            np.stack(channels, axis=-1),
+            np.asarray(probability["affine"], dtype=np.float64),
+            "PATIENT",
             frame_of_reference_uid=ct_datasets[0].FrameOfReferenceUID,
             channels={"SegmentNumber": list(range(1, len(channels) + 1))},
             from_reference_convention="RAS",
-        ).permute_spatial_axes([2, 1, 0])  # fmt: skip
+        ).permute_spatial_axes([2, 1, 0])
         descriptions = []
         for number, organ in enumerate(organ_labels, 1):
             value, meaning = ORGAN_CODES.get(organ, ("91772007", "Organ"))
@@ -464,9 +476,16 @@ class OrganProbabilitySegWriterOperator(Operator):
 
 # Type 2 Patient and Study attributes highdicom copies from the source images; a CT may lack them
 TYPE2_SOURCE_ATTRIBUTES = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
-    "StudyTime", "ReferringPhysicianName",
-)  # fmt: skip
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def _source_metadata(ds: Any) -> Any:

@@ -61,8 +61,10 @@ class MedSoraApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         segmenter = BundleSegmenter(self.segmentation_bundle) if self.segmentation_bundle else None
         task = OrganQueryInfer(self.bundle_root, self.label_convention, segmenter)
-        logger.info(f"Med-SORA bundle {self.bundle_root} (version {task.version}), label convention "
-                    f"{self.label_convention}, segmentation bundle {self.segmentation_bundle}")
+        logger.info(
+            f"Med-SORA bundle {self.bundle_root} (version {task.version}), label convention "
+            f"{self.label_convention}, segmentation bundle {self.segmentation_bundle}"
+        )
         return {MODEL: task}
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
@@ -74,8 +76,11 @@ class MedSoraApp(MONAILabelApp):
         else:
             datastore = datastore if datastore else self.datastore()
             image = request.get("image")
-            label_id = (datastore.get_label_by_image_id(image, ORGAN_LABEL_TAG)
-                        if isinstance(image, str) and image and not os.path.exists(image) else "")
+            label_id = (
+                datastore.get_label_by_image_id(image, ORGAN_LABEL_TAG)
+                if isinstance(image, str) and image and not os.path.exists(image)
+                else ""
+            )
             if label_id:
                 request["label"] = datastore.get_label_uri(label_id, ORGAN_LABEL_TAG)
                 request["label_source"] = "datastore"

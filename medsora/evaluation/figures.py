@@ -80,20 +80,46 @@ def text_feature_map(
             ax.scatter(xy[: len(features)][chosen, 0], xy[: len(features)][chosen, 1], s=9, color=color, alpha=0.7)
         if anchors is not None:
             stars = xy[len(features) :]
-            ax.scatter(stars[:, 0], stars[:, 1], marker="*", s=320, c=ORGAN_COLORS[: len(organs)],
-                       edgecolors="black", linewidths=1.0)  # fmt: skip
+            ax.scatter(
+                stars[:, 0],
+                stars[:, 1],
+                marker="*",
+                s=320,
+                c=ORGAN_COLORS[: len(organs)],
+                edgecolors="black",
+                linewidths=1.0,
+            )
         ax.set_title(title, fontsize=11)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=n) for c, n in zip(ORGAN_COLORS, _names(organs))]
-    handles.append(Line2D([], [], marker="*", linestyle="", color="white", markeredgecolor="black", markersize=14,
-                          label="positive anchor v+"))  # fmt: skip
+    handles.append(
+        Line2D(
+            [],
+            [],
+            marker="*",
+            linestyle="",
+            color="white",
+            markeredgecolor="black",
+            markersize=14,
+            label="positive anchor v+",
+        )
+    )
     fig.legend(handles=handles, loc="outside right center", fontsize=9, title="labelled organ", title_fontsize=9)
     return _save(fig, path)
 
 
-def _heatmap(ax, matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, vmin: float,
-             vmax: float, cmap: str, fmt: str):  # fmt: skip
+def _heatmap(
+    ax,
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    vmin: float,
+    vmax: float,
+    cmap: str,
+    fmt: str,
+):
     from matplotlib import colormaps
 
     image = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap)
@@ -147,8 +173,9 @@ def query_organ_heatmaps(scores: np.ndarray, labels: np.ndarray, organs: Sequenc
     counts = confusion.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         confusion = np.where(counts > 0, confusion / counts, np.nan)
-        mean_scores = np.stack([scores[labels[:, i]].mean(axis=0) if labels[:, i].any() else np.full(k, np.nan)
-                                for i in range(k)])  # fmt: skip
+        mean_scores = np.stack(
+            [scores[labels[:, i]].mean(axis=0) if labels[:, i].any() else np.full(k, np.nan) for i in range(k)]
+        )
     names = _names(organs)
     rows = [f"{n} (n={int(c)})" for n, c in zip(names, labels.sum(axis=0))]
     fig = _figure(11.0, 4.8)
@@ -159,8 +186,7 @@ def query_organ_heatmaps(scores: np.ndarray, labels: np.ndarray, organs: Sequenc
     left.set_xlabel("organ ranked first")
     left.set_ylabel("first labelled organ")
     low, high = np.nanmin(mean_scores), np.nanmax(mean_scores)  # scores cluster; use their own range for contrast
-    b = _heatmap(right, mean_scores, rows, names, "(b) mean organ score", low, max(high, low + 1e-6), "viridis",
-                 ".2f")  # fmt: skip
+    b = _heatmap(right, mean_scores, rows, names, "(b) mean organ score", low, max(high, low + 1e-6), "viridis", ".2f")
     fig.colorbar(b, ax=right, shrink=0.8, label="mean score")
     right.set_xlabel("scored organ")
     right.set_ylabel("queries labelled with")
@@ -168,8 +194,9 @@ def query_organ_heatmaps(scores: np.ndarray, labels: np.ndarray, organs: Sequenc
     return _save(fig, path)
 
 
-def fusion_attention_figure(slices: np.ndarray, attention: np.ndarray, organ: str, path: str,
-                            max_columns: int = 8) -> str:  # fmt: skip
+def fusion_attention_figure(
+    slices: np.ndarray, attention: np.ndarray, organ: str, path: str, max_columns: int = 8
+) -> str:
     """An organ's masked slices, each titled with the attention the 3D query gives it in the fusion block.
 
     Args:

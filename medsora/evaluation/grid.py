@@ -81,9 +81,11 @@ class ExperimentGrid:
         schedule: Mapping[str, Any] | None = None,
         preset_files: Sequence[str] = (),
     ) -> None:
-        for name, table, value in (("default_structure", image_structures, default_structure),
-                                   ("default_labeling", labelings, default_labeling),
-                                   ("default_encoder", text_encoders, default_encoder)):  # fmt: skip
+        for name, table, value in (
+            ("default_structure", image_structures, default_structure),
+            ("default_labeling", labelings, default_labeling),
+            ("default_encoder", text_encoders, default_encoder),
+        ):
             if value not in table:
                 raise ValueError(f"evaluation#{name} {value!r} is not one of the configured rows {list(table)}.")
         if not seeds:
@@ -114,8 +116,12 @@ class ExperimentGrid:
     def config_files(self, structure: str, *extra: str) -> list[str]:
         """train.yaml, then ``extra`` (text.yaml, evaluate.yaml), the preset and the structure's ablation file."""
         ablation = self.image_structures[structure]
-        return [self._config("train.yaml"), *(self._config(name) for name in extra), *self.preset_files,
-                *([ablation] if ablation else [])]  # fmt: skip
+        return [
+            self._config("train.yaml"),
+            *(self._config(name) for name in extra),
+            *self.preset_files,
+            *([ablation] if ablation else []),
+        ]
 
     def seed_dir(self, seed: int) -> str:
         return os.path.join(self.work_dir, f"seed{seed}")
@@ -131,8 +137,13 @@ class ExperimentGrid:
 
     def run_overrides(self, run_dir: str, seed: int, encoder: str | None = None, labeling: str | None = None) -> dict:
         """The overrides of one run: shared values, the seed, the run's own directories and its text choices."""
-        values = {**self.overrides, "seed": seed, "text_seed": seed,
-                  "ckpt_dir": os.path.join(run_dir, "models"), "output_dir": os.path.join(run_dir, "eval")}  # fmt: skip
+        values = {
+            **self.overrides,
+            "seed": seed,
+            "text_seed": seed,
+            "ckpt_dir": os.path.join(run_dir, "models"),
+            "output_dir": os.path.join(run_dir, "eval"),
+        }
         if encoder is not None:
             values.update({f"text_encoder_def#{key}": value for key, value in self.text_encoders[encoder].items()})
         if labeling is not None:
@@ -142,14 +153,19 @@ class ExperimentGrid:
     def _run(self, run_dir: str, config_files: list[str], run_id: str, overrides: Mapping[str, Any]) -> None:
         """Run one bundle workflow unless its marker says it finished before with the same settings."""
         marker = os.path.join(run_dir, f"{run_id}.done")
-        settings = {"config_file": [os.path.basename(f) for f in config_files], "run_id": run_id,
-                    "overrides": json.loads(json.dumps(dict(overrides), sort_keys=True, default=str))}  # fmt: skip
+        settings = {
+            "config_file": [os.path.basename(f) for f in config_files],
+            "run_id": run_id,
+            "overrides": json.loads(json.dumps(dict(overrides), sort_keys=True, default=str)),
+        }
         if os.path.isfile(marker):
             with open(marker) as f:
                 if json.load(f) == settings:
                     return
-            raise RuntimeError(f"{run_dir} holds a finished {run_id} run with other settings (see {marker}); delete "
-                               "that directory to retrain it, or give another --evaluation#work_dir.")
+            raise RuntimeError(
+                f"{run_dir} holds a finished {run_id} run with other settings (see {marker}); delete "
+                "that directory to retrain it, or give another --evaluation#work_dir."
+            )
         print(f"[evaluate] {run_id}: {os.path.relpath(run_dir, self.work_dir)}", flush=True)
         workflow = ConfigWorkflow(config_file=config_files, workflow_type=None, run_id=run_id, **overrides)
         workflow.initialize()
@@ -198,8 +214,9 @@ class ExperimentGrid:
         """The parsed config of a trained query model, for figures: its corpus, networks and weights."""
         parser = ConfigParser()
         parser.read_config(self.config_files(alignment.structure, "text.yaml"))
-        for key, value in self.run_overrides(self.alignment_dir(alignment), alignment.seed, alignment.encoder,
-                                             alignment.labeling).items():  # fmt: skip
+        for key, value in self.run_overrides(
+            self.alignment_dir(alignment), alignment.seed, alignment.encoder, alignment.labeling
+        ).items():
             parser[key] = value
         return parser
 

@@ -132,9 +132,7 @@ def rank_k(scores: Any, labels: Any, k: int, organs: Sequence[str] = ORGANS) -> 
     return float(np.take_along_axis(labels, top, axis=1).any(axis=1).mean())
 
 
-def classwise_average_precision(
-    scores: Any, labels: Any, organs: Sequence[str] = ORGANS
-) -> dict[str, float | None]:
+def classwise_average_precision(scores: Any, labels: Any, organs: Sequence[str] = ORGANS) -> dict[str, float | None]:
     """AP of each organ when the queries are ranked by that organ's score (ties: earlier query first).
 
     Args:

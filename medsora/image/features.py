@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = ["organ_feature_bank"]
 
+
 @torch.no_grad()
 def organ_feature_bank(
     network: nn.Module, datalist: Sequence[dict], transform: Any, num_organs: int, device: torch.device | str = "cpu"
@@ -35,8 +36,10 @@ def organ_feature_bank(
     for item in datalist:
         samples = transform(dict(item))
         per_case.append(
-            {int(s["label"].reshape(-1)[0]): network.features(s["image"].as_tensor()[None].to(device))[0].cpu()
-             for s in samples}
+            {
+                int(s["label"].reshape(-1)[0]): network.features(s["image"].as_tensor()[None].to(device))[0].cpu()
+                for s in samples
+            }
         )
     shape = next(f for case in per_case for f in case.values()).shape
     features = torch.zeros(len(per_case), num_organs, *shape)

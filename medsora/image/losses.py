@@ -37,7 +37,9 @@ class BranchCrossEntropyLoss(nn.Module):
         batch, branches, slices, _ = logits.shape
         target = target.reshape(-1).long()
         if target.numel() != batch:
-            raise ValueError(f"expected one organ class per sample ({batch}), got target of shape {tuple(target.shape)}.")
+            raise ValueError(
+                f"expected one organ class per sample ({batch}), got target of shape {tuple(target.shape)}."
+            )
         per_slice = F.cross_entropy(
             logits.permute(0, 3, 1, 2),
             target.view(batch, 1, 1).expand(batch, branches, slices),

@@ -17,8 +17,15 @@ from monai.networks.blocks import CrossAttentionBlock
 from monai.networks.nets import ViT
 from torch import nn
 
-__all__ = ["ViTEncoder", "CrossAttentionFusion", "ConcatFusion", "MedSoraImageNet", "BRANCHES", "organ_probabilities",
-           "parameter_groups"]
+__all__ = [
+    "ViTEncoder",
+    "CrossAttentionFusion",
+    "ConcatFusion",
+    "MedSoraImageNet",
+    "BRANCHES",
+    "organ_probabilities",
+    "parameter_groups",
+]
 
 #: Names of the classification branches, in the order they appear on the output's branch axis.
 BRANCHES = ("2d", "3d", "fusion")
@@ -183,9 +190,13 @@ class MedSoraImageNet(nn.Module):
         if encoder_2d is None and encoder_3d is None:
             raise ValueError("MedSoraImageNet needs encoder_2d, encoder_3d or both; got neither.")
         if encoder_2d is not None and encoder_3d is not None and fusion is None:
-            raise ValueError("with both encoder_2d and encoder_3d a fusion module is required (cross-attention or concat).")
+            raise ValueError(
+                "with both encoder_2d and encoder_3d a fusion module is required (cross-attention or concat)."
+            )
         if fusion is not None and (encoder_2d is None or encoder_3d is None):
-            raise ValueError("a fusion module needs both encoder_2d and encoder_3d; set fusion to null for 2D- or 3D-only.")
+            raise ValueError(
+                "a fusion module needs both encoder_2d and encoder_3d; set fusion to null for 2D- or 3D-only."
+            )
         self.encoder_2d = encoder_2d
         self.encoder_3d = encoder_3d
         self.fusion = fusion

@@ -21,7 +21,6 @@ __all__ = ["OrganMaskd", "label_convention", "source_name"]  # label_convention:
 logger = logging.getLogger(__name__)
 
 
-
 def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
     """The file an item was loaded from, for error messages; the key name when it was not loaded from a file."""
     meta = getattr(data.get(key), "meta", None) or {}
@@ -96,7 +95,9 @@ class OrganMaskd(MapTransform):
         for index, (organ, ids) in enumerate(self.organ_labels.items()):
             mask = torch.isin(label, torch.tensor(ids, device=label.device))
             if int(mask.sum()) < self.min_voxels:
-                logger.warning(f"{organ} (label ids {ids}) is absent from {source_name(data, self.label_key)}: no sample.")
+                logger.warning(
+                    f"{organ} (label ids {ids}) is absent from {source_name(data, self.label_key)}: no sample."
+                )
                 continue
             start, end = generate_spatial_bounding_box(mask, margin=self.margin, allow_smaller=True)
             crop = SpatialCrop(roi_start=start, roi_end=end)

@@ -12,6 +12,7 @@ __all__ = ["MAX_TEXT_CHARS", "parse_query_lines"]
 
 MAX_TEXT_CHARS = 10_000
 
+
 def parse_query_lines(data: bytes) -> list[tuple[dict[str, Any], str | None]]:
     """Split a JSONL file's bytes into ``(record, error)`` per line; ``error`` is ``None`` for a usable query."""
     lines = data.split(b"\n")

@@ -18,22 +18,31 @@ from medsora.query.scorer import OrganQuery
 
 __all__ = ["draw_answers", "patient_organ_features"]
 
-def patient_organ_features(query: OrganQuery, image_network: torch.nn.Module, preprocessing: Any, image: str,
-                           label: str, device: Any = "cpu") -> tuple[torch.Tensor, list[str]]:
+
+def patient_organ_features(
+    query: OrganQuery, image_network: torch.nn.Module, preprocessing: Any, image: str, label: str, device: Any = "cpu"
+) -> tuple[torch.Tensor, list[str]]:
     """The organ features ``(K, D, d)`` to score against on one patient's CT, and the organs its label map lacks.
 
     An organ the label map holds gets the patient's own features; an absent one keeps the reference features, so
     every organ still has a score (and the answer lists it under ``absent_organs``).
     """
-    features, present = organ_feature_bank(image_network, case_datalist(image, label), preprocessing,
-                                           len(query.organs), device)  # fmt: skip
+    features, present = organ_feature_bank(
+        image_network, case_datalist(image, label), preprocessing, len(query.organs), device
+    )
     features, present = features[0], present[0]
     organ_features = torch.where(present[:, None, None], features, query.aligner.reference.cpu())
     return organ_features, [organ for organ, here in zip(query.organs, present.tolist()) if not here]
 
 
-def draw_answers(answers: list[dict[str, Any]], image: str, label: str, organ_labels: Mapping[str, Sequence[int]],
-          maps_dir: str, absent: list[str]) -> None:
+def draw_answers(
+    answers: list[dict[str, Any]],
+    image: str,
+    label: str,
+    organ_labels: Mapping[str, Sequence[int]],
+    maps_dir: str,
+    absent: list[str],
+) -> None:
     """Write the probability map and the picture of every answered query; note them in the answers."""
     from monai.transforms import LoadImage
 
@@ -49,7 +58,10 @@ def draw_answers(answers: list[dict[str, Any]], image: str, label: str, organ_la
             continue
         answer["absent_organs"] = absent
         base = os.path.join(maps_dir, f"{stem}_query{index:04d}")
-        save_probability_map(organ_probability_map(label_array, organ_labels, answer["scores"]), affine,
-                             base + "_probability.nii.gz")
-        render_query_figure(ct_array, label_array, affine, organ_labels, answer["scores"], answer["text"], base + ".png")
+        save_probability_map(
+            organ_probability_map(label_array, organ_labels, answer["scores"]), affine, base + "_probability.nii.gz"
+        )
+        render_query_figure(
+            ct_array, label_array, affine, organ_labels, answer["scores"], answer["text"], base + ".png"
+        )
         answer["probability_map"], answer["figure"] = base + "_probability.nii.gz", base + ".png"

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = ["format_ranking"]
 
+
 def format_ranking(text: str, answer: Mapping[str, Any], threshold: float) -> str:
     """A terminal-friendly ranking of one answer."""
     shown = textwrap.shorten(text, width=100, placeholder=" ...")

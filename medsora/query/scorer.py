@@ -16,6 +16,7 @@ from medsora.text.alignment import TextImageAligner
 
 __all__ = ["OrganQuery"]
 
+
 class OrganQuery:
     """Score symptom texts against the seven organs with a trained :class:`TextImageAligner`.
 

@@ -65,7 +65,7 @@ def run_query(
     ``maps_dir``, named in the answer as ``probability_map`` and ``figure``.
     """
     if (text is None) == (queries_file is None):
-        raise ValueError("give exactly one of --text \"...\" or --queries_file FILE.jsonl.")
+        raise ValueError('give exactly one of --text "..." or --queries_file FILE.jsonl.')
     if queries_file is not None:
         if not output_file:
             raise ValueError("--queries_file needs --output_file for the answers (JSONL).")
@@ -80,12 +80,19 @@ def run_query(
         if image_network is None or image_weights is None or preprocessing is None or organ_labels is None:
             raise ValueError("querying on a CT needs the image network, its weights, preprocessing and organ_labels.")
         load_weights(image_network, image_weights)
-        organ_features, absent = patient_organ_features(query, image_network, preprocessing, str(image), str(label),
-                                                        device)  # fmt: skip
+        organ_features, absent = patient_organ_features(
+            query, image_network, preprocessing, str(image), str(label), device
+        )
     answers = answer_queries(query, records, organ_features)
     if organ_features is not None:
-        draw_answers(answers, str(image), str(label), organ_labels, maps_dir or os.path.dirname(os.path.abspath(output_file or ".")),
-              absent)
+        draw_answers(
+            answers,
+            str(image),
+            str(label),
+            organ_labels,
+            maps_dir or os.path.dirname(os.path.abspath(output_file or ".")),
+            absent,
+        )
     if queries_file is not None:
         _write_jsonl(answers, str(output_file))
         answered = sum("error" not in a for a in answers)
@@ -99,5 +106,3 @@ def run_query(
             if key in answer:
                 print(f"{key.replace('_', ' ')}: {answer[key]}")
     return answers
-
-

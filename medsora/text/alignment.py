@@ -50,8 +50,15 @@ class OrganTextGroups(Dataset):
         length: samples per epoch (default: one per ``K * texts_per_organ`` training texts).
     """
 
-    def __init__(self, embeddings: torch.Tensor, organs: torch.Tensor, features: torch.Tensor, present: torch.Tensor,
-                 texts_per_organ: int = 1, length: int | None = None) -> None:
+    def __init__(
+        self,
+        embeddings: torch.Tensor,
+        organs: torch.Tensor,
+        features: torch.Tensor,
+        present: torch.Tensor,
+        texts_per_organ: int = 1,
+        length: int | None = None,
+    ) -> None:
         num_organs = features.shape[1]
         self.text_index = [torch.nonzero(organs == k).reshape(-1) for k in range(num_organs)]
         self.case_index = [torch.nonzero(present[:, k]).reshape(-1) for k in range(num_organs)]
@@ -73,8 +80,9 @@ class OrganTextGroups(Dataset):
         return {"text": torch.stack(texts), "image": torch.stack(images), "target": torch.arange(len(texts))}
 
 
-def prepare_alignment_batch(batch: dict[str, torch.Tensor], device: torch.device | str, non_blocking: bool = False,
-                            **_: Any):
+def prepare_alignment_batch(
+    batch: dict[str, torch.Tensor], device: torch.device | str, non_blocking: bool = False, **_: Any
+):
     """``prepare_batch`` for :class:`OrganTextGroups`: the network gets ``(texts, image_features)``."""
     to = lambda key: batch[key].to(device, non_blocking=non_blocking)  # noqa: E731
     return to("text"), to("target"), (to("image"),), {}
@@ -96,8 +104,14 @@ class TextImageAligner(nn.Module):
         num_slices: ``D``, slices per organ in the reference features.
     """
 
-    def __init__(self, text_model: SymptomTextModel, domain_gate: DomainGate, image_dim: int, num_organs: int = 7,
-                 num_slices: int = 1) -> None:
+    def __init__(
+        self,
+        text_model: SymptomTextModel,
+        domain_gate: DomainGate,
+        image_dim: int,
+        num_organs: int = 7,
+        num_slices: int = 1,
+    ) -> None:
         super().__init__()
         self.text_model = text_model.requires_grad_(False).eval()
         self.domain_gate = domain_gate.requires_grad_(False).eval()
@@ -193,7 +207,9 @@ class AlignmentInfoNCELoss(nn.Module):
         super().__init__()
         unknown = set(directions) - {"image_to_text", "text_to_image"}
         if unknown or not directions:
-            raise ValueError(f"directions must be a non-empty subset of image_to_text, text_to_image; got {directions}.")
+            raise ValueError(
+                f"directions must be a non-empty subset of image_to_text, text_to_image; got {directions}."
+            )
         self.temperature = temperature
         self.directions = tuple(directions)
 
@@ -226,7 +242,9 @@ def finalize_aligner(
     counts = present.sum(dim=0)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).reshape(-1).tolist()
-        raise ValueError(f"organ classes {missing} are absent from every CT of the feature bank; no reference for them.")
+        raise ValueError(
+            f"organ classes {missing} are absent from every CT of the feature bank; no reference for them."
+        )
     mask = present[..., None, None].to(features)
     reference = (features * mask).sum(dim=0) / counts[:, None, None].to(features)
     aligner.reference = reference.to(aligner.reference)

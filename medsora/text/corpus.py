@@ -55,7 +55,9 @@ def read_corpus(path: str, organs: Sequence[str], kind: str) -> list[dict[str, A
     if kind not in ("train", "test", "ood", "queries"):
         raise ValueError(f"kind must be 'train', 'test', 'ood' or 'queries', got {kind!r}.")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"symptom corpus file {path} not found (build it with `python -m dataset_builder build`).")
+        raise FileNotFoundError(
+            f"symptom corpus file {path} not found (build it with `python -m dataset_builder build`)."
+        )
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -111,9 +113,16 @@ class SymptomCorpus:
         ood_train_files: the out-of-domain training files of ``corpus_dir`` (records with ``text``, no organ).
     """
 
-    def __init__(self, corpus_dir: str, organs: Sequence[str], encoder: Any, validation_fraction: float = 0.15,
-                 seed: int = 0, train_files: Sequence[str] = ("train.jsonl", "clinical_train.jsonl"),
-                 ood_train_files: Sequence[str] = ("ood_train.jsonl", "clinical_ood_train.jsonl")) -> None:
+    def __init__(
+        self,
+        corpus_dir: str,
+        organs: Sequence[str],
+        encoder: Any,
+        validation_fraction: float = 0.15,
+        seed: int = 0,
+        train_files: Sequence[str] = ("train.jsonl", "clinical_train.jsonl"),
+        ood_train_files: Sequence[str] = ("ood_train.jsonl", "clinical_ood_train.jsonl"),
+    ) -> None:
         self.corpus_dir = corpus_dir
         self.train_files, self.ood_train_files = list(train_files), list(ood_train_files)
         self.organs = list(organs)

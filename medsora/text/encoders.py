@@ -80,8 +80,9 @@ def _weight_files(path: str) -> list[str]:
         files = sorted(glob.glob(os.path.join(glob.escape(path), pattern)))
         if files:
             return files
-    raise FileNotFoundError(f"text encoder directory {path!r} has no model.safetensors or pytorch_model.bin; "
-                            f"expected {_EXPECTED_DIR}.")
+    raise FileNotFoundError(
+        f"text encoder directory {path!r} has no model.safetensors or pytorch_model.bin; expected {_EXPECTED_DIR}."
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,8 +108,10 @@ def _resolve_pooling(path: str) -> str:
         return "mean"
     if modes == ["pooling_mode_cls_token"]:
         return "cls"
-    raise ValueError(f"{config_path} asks for pooling {modes}; only mean or CLS pooling is supported, "
-                     "pass pooling='mean' or 'cls' to override.")
+    raise ValueError(
+        f"{config_path} asks for pooling {modes}; only mean or CLS pooling is supported, "
+        "pass pooling='mean' or 'cls' to override."
+    )
 
 
 class HFTextEncoder:
@@ -128,8 +131,15 @@ class HFTextEncoder:
         FileNotFoundError: ``path`` is not a model directory.
     """
 
-    def __init__(self, path: str | None = None, pooling: str = "auto", normalize: bool = True, max_length: int = 256,
-                 batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        pooling: str = "auto",
+        normalize: bool = True,
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
         self.path = os.path.abspath(path if path is not None else default_minilm_path())
         if not os.path.isdir(self.path):
             raise FileNotFoundError(f"text encoder directory {self.path!r} does not exist; expected {_EXPECTED_DIR}.")
@@ -157,15 +167,19 @@ class HFTextEncoder:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(path={self.path!r}, pooling={self.pooling!r}, normalize={self.normalize}, "
-                f"max_length={self.max_length})")
+        return (
+            f"{type(self).__name__}(path={self.path!r}, pooling={self.pooling!r}, normalize={self.normalize}, "
+            f"max_length={self.max_length})"
+        )
 
     @functools.cached_property
     def model_id(self) -> str:
         """``hf:<directory name>:sha256=<weights, 16 hex>:pooling=..:normalize=..:max_length=..``."""
         files = tuple((f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in self.weight_files)
-        return (f"hf:{os.path.basename(self.path)}:sha256={_sha256_files(files)[:16]}:pooling={self.pooling}"
-                f":normalize={self.normalize}:max_length={self.max_length}")
+        return (
+            f"hf:{os.path.basename(self.path)}:sha256={_sha256_files(files)[:16]}:pooling={self.pooling}"
+            f":normalize={self.normalize}:max_length={self.max_length}"
+        )
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -193,8 +207,13 @@ class HFTextEncoder:
             tokenizer, model = self._load()
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length,
-                                  return_tensors="pt").to(self.device)
+                batch = tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = model(**batch).last_hidden_state
                 if self.pooling == "mean":
                     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -225,17 +244,30 @@ class OpenAIEmbeddingEncoder:
         dimensions: requested embedding size (models that support it); ``None`` for the model's own.
     """
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 batch_size: int = 64, max_retries: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0,
-                 normalize: bool = True, dimensions: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        batch_size: int = 64,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        timeout_s: float = 60.0,
+        normalize: bool = True,
+        dimensions: int | None = None,
+    ) -> None:
         if batch_size < 1 or max_retries < 0 or backoff_s < 0:
-            raise ValueError(f"need batch_size >= 1, max_retries >= 0 and backoff_s >= 0, got {batch_size}, "
-                             f"{max_retries} and {backoff_s}.")
+            raise ValueError(
+                f"need batch_size >= 1, max_retries >= 0 and backoff_s >= 0, got {batch_size}, "
+                f"{max_retries} and {backoff_s}."
+            )
         key = os.environ.get(api_key_env)
         if not key:
             if base_url is None:
-                raise RuntimeError(f"environment variable {api_key_env} is not set; it must hold the API key for "
-                                   f"api.openai.com (or set base_url for a server that needs no key).")
+                raise RuntimeError(
+                    f"environment variable {api_key_env} is not set; it must hold the API key for "
+                    f"api.openai.com (or set base_url for a server that needs no key)."
+                )
             key = "unused"
         self.model = model
         self.base_url = base_url
@@ -288,11 +320,19 @@ class OpenAIEmbeddingEncoder:
                 if not retryable:
                     raise RuntimeError(f"embedding request for {self._where()} failed: {self._describe(exc)}") from None
                 if attempt == self.max_retries:
-                    raise RuntimeError(f"embedding request for {self._where()} failed after {attempt + 1} attempts: "
-                                       f"{self._describe(exc)}") from None
+                    raise RuntimeError(
+                        f"embedding request for {self._where()} failed after {attempt + 1} attempts: "
+                        f"{self._describe(exc)}"
+                    ) from None
                 delay = min(self.backoff_s * 2**attempt, _MAX_BACKOFF_S)
-                logger.warning("embedding request for %s failed (%s); retry %d of %d in %.2f s", self._where(),
-                               self._describe(exc), attempt + 1, self.max_retries, delay)
+                logger.warning(
+                    "embedding request for %s failed (%s); retry %d of %d in %.2f s",
+                    self._where(),
+                    self._describe(exc),
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 time.sleep(delay)
             except ValueError as exc:
                 raise RuntimeError(f"invalid embedding answer for {self._where()}: {self._scrub(str(exc))}") from None
@@ -301,8 +341,10 @@ class OpenAIEmbeddingEncoder:
         data = self._request(batch).data
         indices = sorted(item.index for item in data if isinstance(item.index, int))
         if len(data) != len(batch) or indices != list(range(len(batch))):
-            raise RuntimeError(f"{self._where()} answered {len(data)} embeddings with indices "
-                               f"{[item.index for item in data][:10]} for {len(batch)} texts.")
+            raise RuntimeError(
+                f"{self._where()} answered {len(data)} embeddings with indices "
+                f"{[item.index for item in data][:10]} for {len(batch)} texts."
+            )
         rows = [np.asarray(item.embedding, dtype=np.float32) for item in sorted(data, key=lambda item: item.index)]
         sizes = {row.shape for row in rows}
         expected = self._dim or rows[0].size
@@ -327,8 +369,10 @@ class OpenAIEmbeddingEncoder:
         texts = _text_list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batches = [self._encode_batch(texts[start : start + self.batch_size])
-                   for start in range(0, len(texts), self.batch_size)]
+        batches = [
+            self._encode_batch(texts[start : start + self.batch_size])
+            for start in range(0, len(texts), self.batch_size)
+        ]
         return np.concatenate(batches).astype(np.float32, copy=False)
 
 
@@ -383,8 +427,10 @@ class CachedTextEncoder:
         if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 32:
             raise ValueError(f"keys of dtype {keys.dtype} and shape {keys.shape}, expected uint8 (N, 32)")
         if vectors.dtype != np.float32 or vectors.shape != (len(keys), self.dim):
-            raise ValueError(f"vectors of dtype {vectors.dtype} and shape {vectors.shape}, "
-                             f"expected float32 ({len(keys)}, {self.dim})")
+            raise ValueError(
+                f"vectors of dtype {vectors.dtype} and shape {vectors.shape}, "
+                f"expected float32 ({len(keys)}, {self.dim})"
+            )
         if not np.isfinite(vectors).all():
             raise ValueError("non-finite vectors")
         return keys, vectors
@@ -428,11 +474,17 @@ class CachedTextEncoder:
         if missing:
             vectors = np.asarray(self.encoder.encode(list(missing.values())), dtype=np.float32)
             if vectors.shape != (len(missing), self.dim):
-                raise RuntimeError(f"{self.model_id} returned embeddings of shape {vectors.shape} for "
-                                   f"{len(missing)} texts, expected ({len(missing)}, {self.dim}).")
+                raise RuntimeError(
+                    f"{self.model_id} returned embeddings of shape {vectors.shape} for "
+                    f"{len(missing)} texts, expected ({len(missing)}, {self.dim})."
+                )
             self.misses += len(missing)
-            logger.info("encoded %d new texts with %s (%d from cache).", len(missing), self.model_id,
-                        sum(1 for key in keys if key not in missing))
+            logger.info(
+                "encoded %d new texts with %s (%d from cache).",
+                len(missing),
+                self.model_id,
+                sum(1 for key in keys if key not in missing),
+            )
             start = len(self._keys)
             index.update((key, start + i) for i, key in enumerate(missing))
             new_keys = np.frombuffer(b"".join(missing), dtype=np.uint8).reshape(-1, 32)

@@ -33,13 +33,20 @@ class SymptomTextModel(nn.Module):
     """
 
     def __init__(
-        self, embedding_dim: int, hidden_dim: int = 512, feature_dim: int = 256, num_organs: int = 7,
+        self,
+        embedding_dim: int,
+        hidden_dim: int = 512,
+        feature_dim: int = 256,
+        num_organs: int = 7,
         dropout_rate: float = 0.1,
     ) -> None:
         super().__init__()
         self.feature_dim = feature_dim
         self.mlp = nn.Sequential(
-            nn.Linear(embedding_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout_rate), nn.Linear(hidden_dim, feature_dim)
+            nn.Linear(embedding_dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout_rate),
+            nn.Linear(hidden_dim, feature_dim),
         )
         self.head = nn.Sequential(nn.GELU(), nn.Dropout(dropout_rate), nn.Linear(feature_dim, num_organs))
 

@@ -24,8 +24,15 @@ from torch.nn import functional as F
 from medsora.stages import load_weights
 
 __all__ = [
-    "LABEL_MODES", "OrganAnchors", "AnchorMarginLoss", "soft_labels", "one_hot_labels", "uses_anchors",
-    "training_targets", "load_anchors", "anchors_for_mode",
+    "LABEL_MODES",
+    "OrganAnchors",
+    "AnchorMarginLoss",
+    "soft_labels",
+    "one_hot_labels",
+    "uses_anchors",
+    "training_targets",
+    "load_anchors",
+    "anchors_for_mode",
 ]
 
 # text head targets: eq. 4 as printed, eq. 4 with the annotated organ at 1, one-hot (Table 2's baseline)

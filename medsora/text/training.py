@@ -48,8 +48,15 @@ class TextStageTrainer(SupervisedTrainer):
             ``network``, ``optimizer``, ``loss_function``, ``train_handlers``, ...).
     """
 
-    def __init__(self, stage: str, seed: int, history_dir: str, log_interval: int = 25,
-                 prepare_batch: Callable = prepare_pair, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        stage: str,
+        seed: int,
+        history_dir: str,
+        log_interval: int = 25,
+        prepare_batch: Callable = prepare_pair,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(prepare_batch=prepare_batch, decollate=False, **kwargs)
         EpochSeedHandler(seed).attach(self)
         LossHistory(stage, os.path.join(history_dir, f"{stage}_loss.json"), log_interval).attach(self)

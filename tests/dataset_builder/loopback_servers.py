@@ -32,8 +32,15 @@ class Loopback:
                 query = parse_qs(parts.query)
                 if body and self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
                     query.update(parse_qs(body.decode()))
-                outer.requests.append({"method": self.command, "path": parts.path, "query": query,
-                                       "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}})
+                outer.requests.append(
+                    {
+                        "method": self.command,
+                        "path": parts.path,
+                        "query": query,
+                        "body": body,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                    }
+                )
                 status, ctype, text, delay = respond(self.command, parts.path, query, body)
                 if delay:
                     time.sleep(delay)
@@ -68,11 +75,16 @@ class Loopback:
 
 def chat_completion(content: str, model: str = "local-model") -> str:
     """An OpenAI chat.completion response body whose message content is `content`."""
-    return json.dumps({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
-    })
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
+        }
+    )
 
 
 def openai_error(status: int, message: str) -> str:

@@ -34,8 +34,13 @@ def test_organs_are_put_in_canonical_order(tmp_path: Any) -> None:
 
 
 def test_cli_reports_stage_errors_without_traceback(tmp_path: Any) -> None:
-    result = subprocess.run([sys.executable, "-m", "dataset_builder", "dedup", "--out", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "dataset_builder", "dedup", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "error: [dedup]" in result.stderr and "04_generated.jsonl does not exist" in result.stderr
     assert "Traceback" not in result.stderr

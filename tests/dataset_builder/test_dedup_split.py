@@ -11,18 +11,26 @@ from dataset_builder.split import leakage_regex, split
 
 
 def rec(i: int, text: str, organ: str = "liver", group: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": f"t{i}", "text": text, "organ": organ, "domain": "organ", "labels": [organ], "source": "hpo",
-            "group": group or f"G{i}", **{"provenance": {"source": "hpo", "identifier": f"G{i}"}, **extra}}
+    return {
+        "id": f"t{i}",
+        "text": text,
+        "organ": organ,
+        "domain": "organ",
+        "labels": [organ],
+        "source": "hpo",
+        "group": group or f"G{i}",
+        **{"provenance": {"source": "hpo", "identifier": f"G{i}"}, **extra},
+    }
 
 
 def test_dedup_drops_exact_and_near_duplicates_and_keeps_distinct_texts() -> None:
     records = [
         rec(0, "Patient presents with yellowing of the skin, dark urine and itching."),
-        rec(1, "patient presents with yellowing of the skin,  dark urine and itching!"),   # exact after normalising
-        rec(2, "Patient presents with yellowing of the skin, dark urines and itching."),   # near duplicate
+        rec(1, "patient presents with yellowing of the skin,  dark urine and itching!"),  # exact after normalising
+        rec(2, "Patient presents with yellowing of the skin, dark urines and itching."),  # near duplicate
         rec(3, "Right upper quadrant pain after fatty meals, with fever."),
         rec(4, "Blood in the urine and pain in the flank radiating to the groin."),
-        rec(5, "Patient presents with pale stools, dark urine and weight loss."),          # shares words, distinct
+        rec(5, "Patient presents with pale stools, dark urine and weight loss."),  # shares words, distinct
     ]
     kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
     assert [r["id"] for r in kept] == ["t0", "t3", "t4", "t5"]
@@ -30,25 +38,36 @@ def test_dedup_drops_exact_and_near_duplicates_and_keeps_distinct_texts() -> Non
 
 
 def test_dedup_compares_content_not_template() -> None:
-    records = [rec(0, "Patient reports jaundice.", content="jaundice"),
-               rec(1, "Presents with jaundice.", content="jaundice", organ="gallbladder"),
-               rec(2, "Presents with pruritus.", content="pruritus")]
+    records = [
+        rec(0, "Patient reports jaundice.", content="jaundice"),
+        rec(1, "Presents with jaundice.", content="jaundice", organ="gallbladder"),
+        rec(2, "Presents with pruritus.", content="pruritus"),
+    ]
     kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
     assert [r["id"] for r in kept] == ["t0", "t2"] and dropped["exact duplicate"] == 1
 
 
 def test_dedup_drops_the_same_findings_in_other_words() -> None:
-    records = [rec(0, "Seen for icterus and reticulocytosis.", provenance={"findings": ["HP:0000952", "HP:0001923"]}),
-               rec(1, "Yellow skin with increased reticulocytes.", provenance={"findings": ["HP:0001923", "HP:0000952"]}),
-               rec(2, "Yellow skin and itching.", provenance={"findings": ["HP:0000952", "HP:0000989"]})]
+    records = [
+        rec(0, "Seen for icterus and reticulocytosis.", provenance={"findings": ["HP:0000952", "HP:0001923"]}),
+        rec(1, "Yellow skin with increased reticulocytes.", provenance={"findings": ["HP:0001923", "HP:0000952"]}),
+        rec(2, "Yellow skin and itching.", provenance={"findings": ["HP:0000952", "HP:0000989"]}),
+    ]
     kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
     assert [r["id"] for r in kept] == ["t0", "t2"] and dropped["same findings"] == 1
 
 
 def corpus(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Ten groups per organ, three paraphrases each, one naming its organ in every third group; one group shared by all organs."""
-    names = {"liver": "hepatic", "pancreas": "pancreatic", "kidney": "renal", "gallbladder": "biliary",
-             "spleen": "splenic", "stomach": "gastric", "adrenal_gland": "adrenal"}
+    names = {
+        "liver": "hepatic",
+        "pancreas": "pancreatic",
+        "kidney": "renal",
+        "gallbladder": "biliary",
+        "spleen": "splenic",
+        "stomach": "gastric",
+        "adrenal_gland": "adrenal",
+    }
     out, i = [], 0
     for organ in cfg["organs"]:
         for g in range(10):
@@ -80,25 +99,56 @@ def test_split_is_grouped_stratified_and_leak_free(cfg: dict[str, Any]) -> None:
 
 def test_leakage_patterns_catch_organ_words_but_not_lookalikes(cfg: dict[str, Any]) -> None:
     leaks = leakage_regex(cfg["split"]["leakage_patterns"])
-    for text in ["Hepatomegaly on exam", "renal colic", "nephrotic range proteinuria", "gastric outlet obstruction",
-                 "splenic rub", "pancreatitis", "cholecystitis", "gall bladder pain", "biliary colic",
-                 "adrenal crisis", "suprarenal mass", "adrenocortical carcinoma", "asplenia", "glomerulonephritis", "pyloric stenosis", "islet cell hyperplasia", "enlarged liver", "kidney stones", "stomach ache", "large spleen"]:
+    for text in [
+        "Hepatomegaly on exam",
+        "renal colic",
+        "nephrotic range proteinuria",
+        "gastric outlet obstruction",
+        "splenic rub",
+        "pancreatitis",
+        "cholecystitis",
+        "gall bladder pain",
+        "biliary colic",
+        "adrenal crisis",
+        "suprarenal mass",
+        "adrenocortical carcinoma",
+        "asplenia",
+        "glomerulonephritis",
+        "pyloric stenosis",
+        "islet cell hyperplasia",
+        "enlarged liver",
+        "kidney stones",
+        "stomach ache",
+        "large spleen",
+    ]:
         assert leaks.search(text), text
     for text in ["high cholesterol", "dark urine", "itching", "pale stools", "epigastric pain", "hyperpigmentation"]:
         assert not leaks.search(text), text
 
 
 def test_label_rule_primary_first_then_canonical_order() -> None:
-    findings = [{"hpo_id": "HP:1", "organs": ["spleen"], "n_diseases": 10, "disease_share": {"liver": 0.7, "kidney": 0.2}},
-                {"hpo_id": "HP:2", "organs": [], "n_diseases": 2, "disease_share": {"stomach": 1.0}}]
+    findings = [
+        {"hpo_id": "HP:1", "organs": ["spleen"], "n_diseases": 10, "disease_share": {"liver": 0.7, "kidney": 0.2}},
+        {"hpo_id": "HP:2", "organs": [], "n_diseases": 2, "disease_share": {"stomach": 1.0}},
+    ]
     assert organ_labels("gallbladder", findings, 0.6, 5) == ["gallbladder", "liver", "spleen"]
     assert organ_labels("liver", [], 0.6, 5, ["adrenal_gland", "liver"]) == ["liver", "adrenal_gland"]
 
 
-def ood(i: int, branch: str, text: str | None = None, group: str | None = None, reserved: bool = False) -> dict[str, Any]:
-    r = {"id": f"o{i}", "text": text or f"Complaint number {i} of the {branch}.", "organ": None, "domain": "ood",
-         "labels": [], "branch": branch, "source": "hpo", "group": group or f"HP:{i:07d}",
-         "provenance": {"source": "hpo", "identifier": group or f"HP:{i:07d}"}}
+def ood(
+    i: int, branch: str, text: str | None = None, group: str | None = None, reserved: bool = False
+) -> dict[str, Any]:
+    r = {
+        "id": f"o{i}",
+        "text": text or f"Complaint number {i} of the {branch}.",
+        "organ": None,
+        "domain": "ood",
+        "labels": [],
+        "branch": branch,
+        "source": "hpo",
+        "group": group or f"HP:{i:07d}",
+        "provenance": {"source": "hpo", "identifier": group or f"HP:{i:07d}"},
+    }
     return {**r, "reserved_for": "ood_train"} if reserved else r
 
 

@@ -21,16 +21,35 @@ SECRET = "sk-test-SECRET-do-not-leak-1234"
 
 def llm_cfg(cfg: dict[str, Any], url: str, **llm: Any) -> dict[str, Any]:
     cfg["mode"] = "llm"
-    cfg["llm"].update({"base_url": url + "/v1", "backoff_base": 0.01, "timeout": 2.0, "max_retries": 3,
-                       "invalid_retries": 1, "texts_per_chunk": 2, **llm})
+    cfg["llm"].update(
+        {
+            "base_url": url + "/v1",
+            "backoff_base": 0.01,
+            "timeout": 2.0,
+            "max_retries": 3,
+            "invalid_retries": 1,
+            "texts_per_chunk": 2,
+            **llm,
+        }
+    )
     return cfg
 
 
 def chunk(i: int, organ: str = "liver") -> dict[str, Any]:
-    return {"id": f"c{i}", "doc_id": f"d{i}", "chunk": 0, "organ": organ, "domain": "organ", "source": "pubmed",
-            "kind": "abstract", "title": f"Title {i}", "findings": [], "group": f"PMID:{1000 + i}",
-            "text": f"Patients presented with jaundice and dark urine (case {i}). Pruritus was common.",
-            "provenance": {"source": "pubmed", "identifier": f"PMID:{1000 + i}", "retrieved_at": "2026-01-01T00:00:00Z"}}
+    return {
+        "id": f"c{i}",
+        "doc_id": f"d{i}",
+        "chunk": 0,
+        "organ": organ,
+        "domain": "organ",
+        "source": "pubmed",
+        "kind": "abstract",
+        "title": f"Title {i}",
+        "findings": [],
+        "group": f"PMID:{1000 + i}",
+        "text": f"Patients presented with jaundice and dark urine (case {i}). Pruritus was common.",
+        "provenance": {"source": "pubmed", "identifier": f"PMID:{1000 + i}", "retrieved_at": "2026-01-01T00:00:00Z"},
+    }
 
 
 def schema_name(body: bytes) -> str:
@@ -44,8 +63,16 @@ def good_answer(body: bytes) -> str:
     if schema_name(body) == "symptom_filter":
         return chat_completion(json.dumps({"about_symptoms": "jaundice" in prompt, "organs": ["liver", "gallbladder"]}))
     case = prompt.split("(case ")[1].split(")")[0]
-    return chat_completion(json.dumps({"texts": [f"Yellow eyes and dark urine for {case} days.",
-                                                 f"Itching all over, pale stools since day {case}."]}))
+    return chat_completion(
+        json.dumps(
+            {
+                "texts": [
+                    f"Yellow eyes and dark urine for {case} days.",
+                    f"Itching all over, pale stools since day {case}.",
+                ]
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -55,9 +82,9 @@ def stage_dir(tmp_path: Any) -> str:
     return out
 
 
-def test_filter_and_generate_write_records_with_provenance_and_cache(cfg: dict[str, Any], stage_dir: str,
-                                                                    monkeypatch: pytest.MonkeyPatch,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_filter_and_generate_write_records_with_provenance_and_cache(
+    cfg: dict[str, Any], stage_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv(cfg["llm"]["api_key_env"], SECRET)
     with Loopback(lambda m, p, q, b: (200, "application/json", good_answer(b), 0)) as server:
         llm_cfg(cfg, server.url)
@@ -68,7 +95,9 @@ def test_filter_and_generate_write_records_with_provenance_and_cache(cfg: dict[s
         assert server.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
         request = json.loads(server.requests[0]["body"])
         assert request["response_format"]["type"] == "json_schema"
-        assert "Does this text describe a patient's symptom or clinical observation?" in request["messages"][-1]["content"]
+        assert (
+            "Does this text describe a patient's symptom or clinical observation?" in request["messages"][-1]["content"]
+        )
         assert "Based ONLY on given" in json.loads(server.requests[3]["body"])["messages"][-1]["content"]
         texts = read_jsonl(stage_path(stage_dir, "generate"))
         assert gen["texts"] == len(texts) == 6
@@ -89,10 +118,12 @@ def test_filter_and_generate_write_records_with_provenance_and_cache(cfg: dict[s
 
 
 def test_retries_429_500_garbage_and_timeouts_then_succeeds(cfg: dict[str, Any], stage_dir: str) -> None:
-    script = [(429, "application/json", openai_error(429, "Rate limit reached"), 0),
-              (500, "application/json", openai_error(500, "internal error"), 0),
-              (200, "application/json", "<html>502 Bad Gateway</html>", 0),  # a proxy's garbage body
-              (200, "application/json", "", 3.0)]  # slower than the client timeout
+    script = [
+        (429, "application/json", openai_error(429, "Rate limit reached"), 0),
+        (500, "application/json", openai_error(500, "internal error"), 0),
+        (200, "application/json", "<html>502 Bad Gateway</html>", 0),  # a proxy's garbage body
+        (200, "application/json", "", 3.0),
+    ]  # slower than the client timeout
 
     def respond(method: str, path: str, query: Any, body: bytes) -> Any:
         return script.pop(0) if script else (200, "application/json", good_answer(body), 0)
@@ -102,8 +133,9 @@ def test_retries_429_500_garbage_and_timeouts_then_succeeds(cfg: dict[str, Any],
     assert stats["kept"] == 3 and stats["llm"]["retries"] == 4
 
 
-def test_schema_invalid_answers_are_retried_then_skipped(cfg: dict[str, Any], stage_dir: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_schema_invalid_answers_are_retried_then_skipped(
+    cfg: dict[str, Any], stage_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
     def respond(method: str, path: str, query: Any, body: bytes) -> Any:
         prompt = json.loads(body)["messages"][-1]["content"]
         if "case 1)" in prompt:
@@ -121,8 +153,9 @@ def test_schema_invalid_answers_are_retried_then_skipped(cfg: dict[str, Any], st
     assert [c["id"] for c in read_jsonl(stage_path(stage_dir, "filter"))] == ["c0"]
 
 
-def test_server_error_that_persists_names_stage_record_and_url(cfg: dict[str, Any], stage_dir: str,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_error_that_persists_names_stage_record_and_url(
+    cfg: dict[str, Any], stage_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(cfg["llm"]["api_key_env"], SECRET)
     with Loopback(lambda *a: (503, "application/json", openai_error(503, "overloaded"), 0)) as server:
         with pytest.raises(StageError) as err:
@@ -132,8 +165,9 @@ def test_server_error_that_persists_names_stage_record_and_url(cfg: dict[str, An
     assert SECRET not in message
 
 
-def test_unreachable_endpoint_is_a_clear_error_without_the_key(cfg: dict[str, Any], stage_dir: str,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_endpoint_is_a_clear_error_without_the_key(
+    cfg: dict[str, Any], stage_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(cfg["llm"]["api_key_env"], SECRET)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,22 +17,36 @@ from loopback_servers import Loopback, chat_completion
 from test_sources_http import eutils, mediawiki, pubmed_cfg
 
 
-
-POOL = ["Colicky pain under the right ribs after fatty meals.", "Fever with chills and a tender right upper abdomen.",
-        "Nausea and vomiting after dinner, pain radiating to the right shoulder blade.",
-        "Yellow eyes, dark urine and pale stools for a week.", "Itching all over the body with clay-coloured stool.",
-        "Sharp pain on deep inspiration when the examiner presses below the right costal margin.",
-        "Bloating and belching after heavy meals for months.", "Low-grade temperature, loss of appetite and malaise.",
-        "Constant aching in the upper right abdomen for six hours.", "Episodes of severe pain that wake the patient at night.",
-        "Intolerance of greasy food with recurrent indigestion.", "Tachycardia and guarding in the right upper quadrant."]
+POOL = [
+    "Colicky pain under the right ribs after fatty meals.",
+    "Fever with chills and a tender right upper abdomen.",
+    "Nausea and vomiting after dinner, pain radiating to the right shoulder blade.",
+    "Yellow eyes, dark urine and pale stools for a week.",
+    "Itching all over the body with clay-coloured stool.",
+    "Sharp pain on deep inspiration when the examiner presses below the right costal margin.",
+    "Bloating and belching after heavy meals for months.",
+    "Low-grade temperature, loss of appetite and malaise.",
+    "Constant aching in the upper right abdomen for six hours.",
+    "Episodes of severe pain that wake the patient at night.",
+    "Intolerance of greasy food with recurrent indigestion.",
+    "Tachycardia and guarding in the right upper quadrant.",
+]
 
 
 def llm(method: str, path: str, query: Any, body: bytes) -> Any:
     request = json.loads(body)
     prompt = request["messages"][-1]["content"]
     if request["response_format"]["json_schema"]["name"] == "symptom_filter":
-        return 200, "application/json", chat_completion(json.dumps(
-            {"about_symptoms": "pain" in prompt or "Jaundice" in prompt, "organs": ["gallbladder", "liver"]})), 0
+        return (
+            200,
+            "application/json",
+            chat_completion(
+                json.dumps(
+                    {"about_symptoms": "pain" in prompt or "Jaundice" in prompt, "organs": ["gallbladder", "liver"]}
+                )
+            ),
+            0,
+        )
     seed = zlib.crc32(prompt.encode())  # distinct chunks get distinct texts
     texts = [POOL[(seed + 5 * k) % len(POOL)] for k in range(2)] + ["The gallbladder is tender and distended."]
     return 200, "application/json", chat_completion(json.dumps({"texts": texts})), 0
@@ -45,12 +59,16 @@ def test_llm_mode_build_and_cached_rerun(cfg: dict[str, Any], tmp_path: Any, mon
         cfg = pubmed_cfg(cfg, pubmed.url)
         cfg["mode"] = "llm"
         cfg["retrieve"]["sources"] = ["pubmed", "wikipedia"]
-        cfg["retrieve"]["wikipedia"].update({"api_url": wiki.url + "/w/api.php", "pages": {"gallbladder": ["Cholecystitis"]}})
+        cfg["retrieve"]["wikipedia"].update(
+            {"api_url": wiki.url + "/w/api.php", "pages": {"gallbladder": ["Cholecystitis"]}}
+        )
         cfg["llm"].update({"base_url": server.url + "/v1", "backoff_base": 0.01, "texts_per_chunk": 3})
         cfg["split"]["texts_per_organ"] = 10
         for stage in STAGES:
             run_stage(stage, cfg, out)
-        first = {name: open(os.path.join(out, name), "rb").read() for name in ("train.jsonl", "test.jsonl", "summary.json")}
+        first = {
+            name: open(os.path.join(out, name), "rb").read() for name in ("train.jsonl", "test.jsonl", "summary.json")
+        }
         calls = len(server.requests)
         before = json.loads(first["summary.json"])
         assert before["llm_calls"] == calls

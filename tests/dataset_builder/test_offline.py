@@ -58,8 +58,9 @@ def test_ood_train_records_are_new_terms_retrieved_last(records: list[dict[str, 
     cfg = load_config(CONFIG)
     assert set(cfg["retrieve"]["hpo"]["ood_train_roots"]) <= {r["branch"] for r in extra}
     titles = {r["title"] for r in extra}
-    assert not titles & {"Increased blood pressure", "Hypertension", "Fatigue", "Edema", "Internal hemorrhage"}, \
+    assert not titles & {"Increased blood pressure", "Hypertension", "Fatigue", "Edema", "Internal hemorrhage"}, (
         "training-only terms avoid the organ texts' presenting findings and the terms above them"
+    )
     without = copy.deepcopy(cfg)
     without["retrieve"]["hpo"]["ood_train_terms_per_branch"] = 0
     again = _ood_records(HPOIndex(without), without, cfg["packaged_sources_read_at"], pool[0]["provenance"]["version"])
@@ -99,10 +100,16 @@ def test_shipped_corpus_reproduces_for_one_organ(gallbladder: str) -> None:
     regenerated = read_jsonl(stage_path(gallbladder, "generate"))
     train = {dumps(project(r, TRAIN_KEYS)) for r in regenerated}
     test = {dumps(project(r, TEST_KEYS)) for r in regenerated}
-    shipped_train = [line.rstrip("\n") for line in open(os.path.join(SHIPPED, "train.jsonl"), encoding="utf-8")
-                     if '"organ":"gallbladder"' in line]
-    shipped_test = [line.rstrip("\n") for line in open(os.path.join(SHIPPED, "test.jsonl"), encoding="utf-8")
-                    if '"organ":"gallbladder"' in line]
+    shipped_train = [
+        line.rstrip("\n")
+        for line in open(os.path.join(SHIPPED, "train.jsonl"), encoding="utf-8")
+        if '"organ":"gallbladder"' in line
+    ]
+    shipped_test = [
+        line.rstrip("\n")
+        for line in open(os.path.join(SHIPPED, "test.jsonl"), encoding="utf-8")
+        if '"organ":"gallbladder"' in line
+    ]
     assert shipped_train and shipped_test
     assert set(shipped_train) <= train
     assert set(shipped_test) <= test

@@ -36,18 +36,33 @@ def prepare(tmp: str, cfg: dict[str, Any], url: str) -> tuple[str, str]:
     with open(config, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg, f)
     out = os.path.join(tmp, "corpus")
-    chunks = [{"id": f"c{i:03d}", "organ": "liver", "domain": "organ", "source": "pubmed", "kind": "abstract",
-               "title": "t", "findings": [], "group": f"PMID:{i}", "filter": {"organs": ["liver"]},
-               "text": f"Jaundice and dark urine were reported (case {i}).",
-               "provenance": {"source": "pubmed", "identifier": f"PMID:{i}", "retrieved_at": "2026-01-01T00:00:00Z"}}
-              for i in range(N)]
+    chunks = [
+        {
+            "id": f"c{i:03d}",
+            "organ": "liver",
+            "domain": "organ",
+            "source": "pubmed",
+            "kind": "abstract",
+            "title": "t",
+            "findings": [],
+            "group": f"PMID:{i}",
+            "filter": {"organs": ["liver"]},
+            "text": f"Jaundice and dark urine were reported (case {i}).",
+            "provenance": {"source": "pubmed", "identifier": f"PMID:{i}", "retrieved_at": "2026-01-01T00:00:00Z"},
+        }
+        for i in range(N)
+    ]
     write_jsonl(stage_path(out, "filter"), chunks)
     return config, out
 
 
 def generate(config: str, out: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dataset_builder", "generate", "--config", config, "--out", out],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dataset_builder", "generate", "--config", config, "--out", out],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_kill_mid_stage_then_resume(tmp_path: Any, cfg: dict[str, Any]) -> None:

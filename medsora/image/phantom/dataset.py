@@ -134,8 +134,9 @@ def _read_json(path: str) -> dict | None:
 
 def _differences(found: dict, wanted: dict) -> str:
     keys = sorted(set(found) | set(wanted))
-    return ", ".join(f"{k}: {found.get(k)!r} on disk vs {wanted.get(k)!r} requested" for k in keys
-                     if found.get(k) != wanted.get(k))
+    return ", ".join(
+        f"{k}: {found.get(k)!r} on disk vs {wanted.get(k)!r} requested" for k in keys if found.get(k) != wanted.get(k)
+    )
 
 
 def generate_phantom_dataset(
@@ -227,7 +228,7 @@ def generate_phantom_dataset(
         "numTraining": num_cases,
         "numTest": 0,
         "training": cases[: num_cases - num_validation],
-        "validation": cases[num_cases - num_validation:],
+        "validation": cases[num_cases - num_validation :],
         "test": [],
         "phantom": wanted,
     }

@@ -115,8 +115,10 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx, cy, rx, ry) -> np.ndarray:
 
 def _diaphragm_z(body: Body, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Height of the diaphragm: the upper envelope of two paraboloid domes."""
-    heights = [apex[2] - ((x - apex[0]) ** 2 + (y - apex[1]) ** 2) * (0.5 / r) for apex, r in
-               ((apex.tolist(), float(r)) for apex, r in body.domes)]
+    heights = [
+        apex[2] - ((x - apex[0]) ** 2 + (y - apex[1]) ** 2) * (0.5 / r)
+        for apex, r in ((apex.tolist(), float(r)) for apex, r in body.domes)
+    ]
     return np.maximum(*heights)
 
 
@@ -186,7 +188,11 @@ def _draw_ribs(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
     mid_a = ac * canvas.widen + body.muscle * 0.5
     radial = np.sqrt((x / mid_a) ** 2 + (y * (1.0 / (bc + body.muscle * 0.5))) ** 2)
     band = np.nonzero(np.abs(radial - 1) * bc < 5)  # the ring in which ribs run; only it needs the angle
-    xb, yb, zb = np.broadcast_to(x, ribs.shape)[band], np.broadcast_to(y, ribs.shape)[band], np.broadcast_to(z, ribs.shape)[band]
+    xb, yb, zb = (
+        np.broadcast_to(x, ribs.shape)[band],
+        np.broadcast_to(y, ribs.shape)[band],
+        np.broadcast_to(z, ribs.shape)[band],
+    )
     angle = np.abs(np.arctan2(xb, -(yb - body.spine_y)))  # 0 posterior, pi anterior
     costal_margin = rng.uniform(-45, -25) + 75 * angle / np.pi
     pitch, slope = rng.uniform(28, 34), rng.uniform(24, 34)
@@ -362,8 +368,9 @@ def small_bowel(rng: np.random.Generator, body: Body) -> list[Structure]:
         for _ in range(4):
             p = p + rng.normal(0, 1, 3) * np.array([30, 18, 18])
             points.append(p)
-        loops.append(Structure(spec, [tube(points, rng.uniform(9, 13))], [], rng.uniform(*spec.hu),
-                                int(rng.integers(2**31))))
+        loops.append(
+            Structure(spec, [tube(points, rng.uniform(9, 13))], [], rng.uniform(*spec.hu), int(rng.integers(2**31)))
+        )
     return loops
 
 

@@ -98,8 +98,9 @@ class OrganQueryInfer(BasicInferTask):
         segmenter: ``image path -> label map path`` used when a request brings no label map; ``None``: none.
     """
 
-    def __init__(self, bundle_root: str, label_convention: str = "btcv",
-                 segmenter: Callable[[str, str], str] | None = None) -> None:
+    def __init__(
+        self, bundle_root: str, label_convention: str = "btcv", segmenter: Callable[[str, str], str] | None = None
+    ) -> None:
         objects = bundle_objects(bundle_root, label_convention)
         self.query = objects["query"]
         self.image_network = objects["network"]
@@ -120,8 +121,12 @@ class OrganQueryInfer(BasicInferTask):
         )
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "version": self.version, "label_convention": self.label_convention,
-                "organ_labels": self.organ_labels}
+        return {
+            **super().info(),
+            "version": self.version,
+            "label_convention": self.label_convention,
+            "organ_labels": self.organ_labels,
+        }
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         return []  # the bundle's preprocessing runs per organ inside run_inferer
@@ -133,8 +138,9 @@ class OrganQueryInfer(BasicInferTask):
         request = {**request, "result_extension": ".nii.gz"}  # also for DICOM series inputs, which have no suffix
         result_file, result = super().__call__(request, callbacks)
         if result.get("result_map") == "ranking":  # viewers name the label values after label_names
-            result["label_names"] = {f"{organ} {result['scores'][organ]:.3f}": rank
-                                     for organ, rank in result["rank_values"].items()}
+            result["label_names"] = {
+                f"{organ} {result['scores'][organ]:.3f}": rank for organ, rank in result["rank_values"].items()
+            }
         return result_file, result
 
     @staticmethod
@@ -143,7 +149,7 @@ class OrganQueryInfer(BasicInferTask):
 
         ((_, error),) = parse_query_lines(json.dumps({"text": data.get("text")}).encode("utf-8"))
         if error is not None:
-            raise invalid(f"params must hold \"text\": the symptom text to rank the organs for ({error}).")
+            raise invalid(f'params must hold "text": the symptom text to rank the organs for ({error}).')
         return data["text"]
 
     @staticmethod
@@ -151,7 +157,7 @@ class OrganQueryInfer(BasicInferTask):
         value = data.get("result_map") or RESULT_MAPS[0]
         value = value[0] if isinstance(value, (list, tuple)) and value else value
         if value not in RESULT_MAPS:
-            raise invalid(f"params \"result_map\" must be one of {list(RESULT_MAPS)}, got {value!r}.")
+            raise invalid(f'params "result_map" must be one of {list(RESULT_MAPS)}, got {value!r}.')
         return value
 
     def _label(self, data: dict[str, Any], device: str) -> str:
@@ -177,13 +183,15 @@ class OrganQueryInfer(BasicInferTask):
         text, result_map = self._text(data), self._result_map(data)
         image = data.get("image")
         if not isinstance(image, str) or not os.path.exists(image):
-            raise invalid(f"image {image!r} not found: upload the CT as the multipart field 'file' or name a "
-                          "datastore image.")
+            raise invalid(
+                f"image {image!r} not found: upload the CT as the multipart field 'file' or name a datastore image."
+            )
         label = self._label(data, device)
         try:
             try:  # the patient's organs where the label map has them, the reference organs elsewhere
-                organ_features, absent = patient_organ_features(self.query, self.image_network, self.preprocessing,
-                                                                image, label, device)  # fmt: skip
+                organ_features, absent = patient_organ_features(
+                    self.query, self.image_network, self.preprocessing, image, label, device
+                )
             except (ValueError, FileNotFoundError) as e:
                 raise invalid(f"CT {image} with label map {label}: {e}") from e
             label_image = LoadImage(image_only=True)(label)
