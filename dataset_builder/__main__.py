@@ -1,4 +1,4 @@
-"""Command line: `python -m dataset_builder <stage|build|clinical|verify> --config CONFIG --out DIR [--key.path=value]`."""
+"""Command line: `python -m dataset_builder <stage|build|clinical|verify> --config CONFIG --out DIR [--key.path=v]`."""
 
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"LLM calls: {summary.get('llm_calls', 0)}; answered from cache: {summary.get('llm_cache_hits', 0)}.",
         "",
-        "Dedup compares texts on their content (the findings' phrasings, and the set of finding ids), exact and near (MinHash "
+        "Dedup compares texts on their content (the findings' phrasings, and the set of finding ids), exact and near "
+        "(MinHash "
         f"LSH, Jaccard >= {cfg['dedup']['threshold']} on character {cfg['dedup']['shingle_chars']}-shingles), "
         "over the whole corpus before the split. The split assigns each source group (HPO term, OMIM "
         "disease, ICD-10-CM code, PMID, Wikipedia section) to one side for the whole corpus. The "

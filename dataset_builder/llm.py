@@ -16,9 +16,9 @@ from typing import Any
 
 import jsonschema
 
-from .errors import StageError
 from medsora.atomic_io import write_text_atomic
 
+from .errors import StageError
 from .io import dumps
 from .provenance import sha256
 

@@ -13,9 +13,11 @@ import json
 import os
 from typing import Any
 
-from . import chunk, dedup, filter as filter_stage, generate, retrieve, split
-from .datasheet import render_datasheet
 from medsora.atomic_io import write_text_atomic
+
+from . import chunk, dedup, generate, retrieve, split
+from . import filter as filter_stage
+from .datasheet import render_datasheet
 
 STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
 FILES = {

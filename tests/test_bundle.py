@@ -8,9 +8,8 @@ import sys
 import pytest
 import torch
 import yaml
-from monai.bundle import ConfigParser
-
 from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, REPO_ROOT, TRAIN
+from monai.bundle import ConfigParser
 
 # small enough for CI: five phantom cases, two epochs
 TINY = ["--phantom#num_cases", "5", "--phantom#num_validation", "2", "--epochs", "2", "--batch_size", "3"]

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
+from bundle_paths import TRAIN
 from monai.bundle import ConfigParser
 
-from bundle_paths import TRAIN
 from medsora.atomic_io import write_json_atomic
 from medsora.config_check import check_cli_overrides, unknown_override_keys
 from medsora.image.reports import organ_report

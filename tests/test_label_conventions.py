@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
 from medsora.image import phantom
 from medsora.organs import label_convention
 

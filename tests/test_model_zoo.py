@@ -7,9 +7,8 @@ import re
 
 import pytest
 import yaml
-from monai.bundle import ConfigWorkflow, verify_metadata
-
 from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, TRAIN
+from monai.bundle import ConfigWorkflow, verify_metadata
 
 META_FILE = os.path.join(CONFIGS, "metadata.json")
 SCHEMA = os.path.join(BUNDLE_ROOT, "docs", "meta_schema.json")

@@ -22,12 +22,12 @@ pytest.importorskip("monai.deploy.core", reason=NEEDS_EXTRA)
 hd = pytest.importorskip("highdicom", reason=NEEDS_EXTRA)
 
 import pydicom  # noqa: E402
+from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
+from dicom_series import write_dicom_series  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.transforms import LoadImage  # noqa: E402
 from pydicom.sr.codedict import codes  # noqa: E402
 
-from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
-from dicom_series import write_dicom_series  # noqa: E402
 from medsora.image import phantom  # noqa: E402
 from medsora.query import run_query  # noqa: E402
 

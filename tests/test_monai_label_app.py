@@ -20,10 +20,10 @@ import torch
 pytest.importorskip("monailabel", reason="MONAI Label app tests need the [label] extra: pip install -e '.[label]'")
 
 import httpx  # noqa: E402  (monailabel depends on both)
+from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
-from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from medsora.image import phantom  # noqa: E402
 from medsora.query import run_query  # noqa: E402
 

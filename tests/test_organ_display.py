@@ -8,6 +8,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+
 from medsora.display import display_slices, organ_probability_map, render_query_figure, save_probability_map, wrap_text
 from medsora.organs import rank_organs
 

@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from bundle_paths import CONFIGS, EVALUATE, REPO_ROOT, TRAIN
-from medsora.evaluation.report import markdown_report, summarize, summarize_reports
-from medsora.evaluation.grid import Alignment, ExperimentGrid
+
 from medsora.evaluation.bm25 import bm25_organ_scores
-from medsora.text.encoders import default_minilm_path
+from medsora.evaluation.grid import Alignment, ExperimentGrid
+from medsora.evaluation.report import markdown_report, summarize, summarize_reports
 from medsora.text.corpus import default_corpus_dir
+from medsora.text.encoders import default_minilm_path
 
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 STRUCTURES = ["2D Only", "3D Only", "2D+3D (concat)", "2D+3D (cross-Attn)"]

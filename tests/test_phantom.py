@@ -94,7 +94,7 @@ def test_labels_volumes_and_intensities(dataset):
         assert 1 < ml[12] < 20 and 1 < ml[13] < 20
         assert max(ml[12], ml[13]) < min(ml[k] for k in (1, 2, 3, 4, 6, 7, 11))  # adrenals the smallest organs
 
-        def core_mean(k):  # away from partial volume at the border
+        def core_mean(k, image=image, label=label):  # away from partial volume at the border
             core = ndimage.binary_erosion(label == k)
             return image[core if core.sum() > 20 else label == k].mean()
 

@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import ViTConfig, ViTModel
 
-
 from medsora.image import pretrained
 from medsora.image.networks import ViTEncoder  # noqa: E402
 

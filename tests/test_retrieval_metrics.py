@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsora.organs import ORGANS, rank_organs
-from medsora.thresholds import calibrate_threshold
 from medsora.evaluation.metrics import (
     classwise_average_precision,
     classwise_map,
@@ -21,6 +19,8 @@ from medsora.evaluation.metrics import (
     retrieval_report,
     threshold_operating_point,
 )
+from medsora.organs import ORGANS, rank_organs
+from medsora.thresholds import calibrate_threshold
 
 # Three queries over the seven organs (liver, pancreas, kidney, gallbladder, spleen, stomach, adrenal_gland).
 SCORES = np.array(

@@ -3,9 +3,9 @@
 import os
 
 import numpy as np
+from bundle_paths import BUNDLE_ROOT, INFERENCE
 from monai.bundle import ConfigParser
 
-from bundle_paths import BUNDLE_ROOT, INFERENCE
 from medsora.text.corpus import read_corpus
 
 

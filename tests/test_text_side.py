@@ -10,13 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
+
 from medsora.image import phantom
-from medsora.text.alignment import AlignmentInfoNCELoss
 from medsora.query import MAX_TEXT_CHARS
-from medsora.text.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
+from medsora.text.alignment import AlignmentInfoNCELoss
 from medsora.text.encoders import HFTextEncoder
+from medsora.text.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
 
 TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
+from bundle_paths import REPO_ROOT, TRAIN
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from monai.utils import set_determinism
 
-from bundle_paths import REPO_ROOT, TRAIN
 from medsora.image import phantom
 
 

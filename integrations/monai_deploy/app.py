@@ -23,7 +23,6 @@ from medsora_operators import (
     find_bundle,
     model_info,
 )
-
 from monai.deploy.conditions import CountCondition
 from monai.deploy.core import AppContext, Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from monai.deploy.core import AppContext, Fragment, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
@@ -302,6 +301,7 @@ class OrganQueryOperator(Operator):
             return seg, f"NIfTI label map {seg.name}"
         import highdicom as hd
         import nibabel as nib
+
         from medsora.image.datalist import image_grid
 
         if seg.get("FrameOfReferenceUID") != ct.get_sop_instances()[0].get_native_sop_instance().get(
@@ -327,6 +327,7 @@ class OrganQueryOperator(Operator):
 
     def _query(self, text: str, ct_dir: Path, label_path: Path, maps_dir: Path) -> dict[str, Any]:
         from monai.utils import set_determinism
+
         from medsora.query import run_query
 
         models = self.models()
@@ -418,6 +419,7 @@ class OrganProbabilitySegWriterOperator(Operator):
         from pydicom.sr.codedict import codes
         from pydicom.sr.coding import Code
         from pydicom.uid import JPEGLSLossless
+
         from medsora.display import organ_probability_map
 
         organ_labels, scores = probability["organ_labels"], probability["scores"]

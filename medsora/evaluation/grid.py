@@ -221,7 +221,11 @@ class ExperimentGrid:
         return parser
 
     def run(self) -> dict[int, dict[str, Any]]:
-        """Train and score everything; ``{seed: {"image": {structure: metrics}, "alignments": {Alignment: metrics}}}``."""
+        """Train and score everything.
+
+        Returns:
+            ``{seed: {"image": {structure: metrics}, "alignments": {Alignment: metrics}}}``.
+        """
         results: dict[int, dict[str, Any]] = {}
         for seed in self.seeds:
             alignments = self.alignments(seed)

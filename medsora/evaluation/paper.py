@@ -21,20 +21,20 @@ import numpy as np
 import torch
 
 from medsora.atomic_io import write_json_atomic, write_text_atomic
-from medsora.stages import load_weights
+from medsora.evaluation.bm25 import bm25_organ_scores
 from medsora.evaluation.figures import (
     fusion_attention_figure,
     organ_correlation_heatmaps,
     query_organ_heatmaps,
     text_feature_map,
 )
-from medsora.evaluation.report import markdown_report, summarize, summarize_reports
 from medsora.evaluation.grid import Alignment, ExperimentGrid
-from medsora.evaluation.bm25 import bm25_organ_scores
-from medsora.query import OrganQuery, run_query
 from medsora.evaluation.metrics import retrieval_report
-from medsora.text.soft_labels import load_anchors, uses_anchors
+from medsora.evaluation.report import markdown_report, summarize, summarize_reports
+from medsora.query import OrganQuery, run_query
+from medsora.stages import load_weights
 from medsora.text.corpus import read_corpus
+from medsora.text.soft_labels import load_anchors, uses_anchors
 
 __all__ = ["run_paper_evaluation"]
 

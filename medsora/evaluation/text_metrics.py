@@ -4,8 +4,9 @@
 """Symptom-to-organ retrieval scores of the trained query model next to the zero-shot baseline.
 
 The baseline is the same frozen encoder comparing a query with the organ's name: what the encoder knows without
-any of Med-SORA's training. Out-of-domain rejection is scored on the corpus's held-out non-abdominal texts: the AUROC of the maximum organ
-score (the project's metric) and of the gate's ``P(abdominal)``, and the operating point of the stored threshold.
+any of Med-SORA's training. Out-of-domain rejection is scored on the corpus's held-out non-abdominal texts: the AUROC
+of the maximum organ score (the project's metric) and of the gate's ``P(abdominal)``, and the operating point of the
+stored threshold.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ last axis. The paper writes the same volume as ``D x H x W``, so its 3D patch ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from monai.networks.blocks import CrossAttentionBlock
@@ -104,7 +104,7 @@ class CrossAttentionFusion(nn.Module):
         dropout_rate: attention dropout.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, volume_size: Optional[int] = None, dropout_rate: float = 0.0):
+    def __init__(self, hidden_size: int, num_heads: int, volume_size: int | None = None, dropout_rate: float = 0.0):
         super().__init__()
         self.attention_block = CrossAttentionBlock(
             hidden_size=hidden_size,
@@ -138,7 +138,7 @@ class ConcatFusion(nn.Module):
         volume_size: 3D feature size; defaults to ``hidden_size``.
     """
 
-    def __init__(self, hidden_size: int, volume_size: Optional[int] = None):
+    def __init__(self, hidden_size: int, volume_size: int | None = None):
         super().__init__()
         self.out_size = hidden_size
         self.project = nn.Linear(hidden_size + (volume_size or hidden_size), hidden_size)
@@ -180,9 +180,9 @@ class MedSoraImageNet(nn.Module):
 
     def __init__(
         self,
-        encoder_2d: Optional[nn.Module],
-        encoder_3d: Optional[nn.Module],
-        fusion: Optional[nn.Module] = None,
+        encoder_2d: nn.Module | None,
+        encoder_3d: nn.Module | None,
+        fusion: nn.Module | None = None,
         num_classes: int = 7,
         head_dropout: float = 0.0,
     ) -> None:
@@ -215,11 +215,11 @@ class MedSoraImageNet(nn.Module):
         slices = x.permute(0, 4, 1, 2, 3).reshape(b * d, c, h, w)
         return self.encoder_2d(slices).reshape(b, d, -1)
 
-    def _encode(self, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(F2D, f3D, F_bar)``, each ``None`` where this structure has no such feature."""
         slice_features = self.encode_slices(x) if self.encoder_2d is not None else None
         volume_feature = self.encoder_3d(x) if self.encoder_3d is not None else None
-        fused: Optional[torch.Tensor] = None
+        fused: torch.Tensor | None = None
         if self.fusion is not None and slice_features is not None and volume_feature is not None:
             fused = self.fusion(slice_features, volume_feature)
         return slice_features, volume_feature, fused

@@ -33,7 +33,6 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch.nn import functional as F
@@ -317,7 +316,7 @@ def _timm_to_monai(encoder: ViTEncoder, weights: StateDict) -> StateDict:
     return converted
 
 
-def _shape(tensor: Optional[torch.Tensor]) -> Optional[tuple[int, ...]]:
+def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
     return tuple(tensor.shape) if tensor is not None else None
 
 
@@ -368,7 +367,7 @@ def load_vit_weights(encoder: ViTEncoder, checkpoint: str | os.PathLike, strict:
     return encoder
 
 
-def init_encoder(encoder: ViTEncoder, checkpoint: Optional[str]) -> ViTEncoder:
+def init_encoder(encoder: ViTEncoder, checkpoint: str | None) -> ViTEncoder:
     """Return ``encoder``, loaded from ``checkpoint`` when one is given (for bundle configs, where it may be null).
 
     Args:

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from medsora.atomic_io import write_text_atomic
-from medsora.stages import load_weights
 from medsora.query.inputs import parse_query_lines
 from medsora.query.patient import draw_answers, patient_organ_features
 from medsora.query.printout import format_ranking
 from medsora.query.scorer import OrganQuery
+from medsora.stages import load_weights
 
 __all__ = ["answer_queries", "run_query"]
 

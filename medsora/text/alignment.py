@@ -8,8 +8,9 @@ mean cosine similarity over an organ's D slice features and a set of texts) pull
 own symptom texts. The trained image network is only read: its organ features are computed once per CT into a
 feature bank, and a linear image projection (initialised to the identity) is trained with ``W_align`` in place of
 the paper's joint training of the image extractor, because the frozen classifier's organ features are too alike in
-cosine terms to be told apart by a text projection alone. The result, :class:`TextImageAligner`, holds everything a text query needs (text MLP, domain gate,
-``W_align``, reference organ features, out-of-domain threshold), so queries need no CT at run time.
+cosine terms to be told apart by a text projection alone. The result, :class:`TextImageAligner`, holds everything a
+text query needs (text MLP, domain gate, ``W_align``, reference organ features, out-of-domain threshold), so queries
+need no CT at run time.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class TextImageAligner(nn.Module):
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the alignment stage trains: ``W_align`` and the image projection (the text model and gate are frozen)."""
+        """What the alignment stage trains: ``W_align`` and the image projection (text model and gate stay frozen)."""
         return [*self.w_align.parameters(), *self.image_projection.parameters()]
 
     def project(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ def _weight_files(path: str) -> list[str]:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sha256_files(files: tuple[tuple[str, int, int], ...]) -> str:
     """sha256 of the concatenated files; keyed by ``(path, size, mtime_ns)`` so each version is hashed once."""
     digest = hashlib.sha256()

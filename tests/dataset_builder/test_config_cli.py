@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from dataset_builder.config import DEFAULT_CONFIG as CONFIG
 from dataset_builder.config import load_config
 from dataset_builder.errors import StageError
-
-from dataset_builder.config import DEFAULT_CONFIG as CONFIG
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 

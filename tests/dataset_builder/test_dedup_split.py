@@ -58,7 +58,8 @@ def test_dedup_drops_the_same_findings_in_other_words() -> None:
 
 
 def corpus(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ten groups per organ, three paraphrases each, one naming its organ in every third group; one group shared by all organs."""
+    """Ten groups per organ, three paraphrases each, one naming its organ in every third group; one group shared by all
+    organs."""
     names = {
         "liver": "hepatic",
         "pancreas": "pancreatic",

@@ -1,4 +1,4 @@
-"""LLM mode against a loopback OpenAI-compatible server: schema answers, retries, cache, skipped records, key hygiene."""
+"""LLM mode against a loopback OpenAI-compatible server: schema answers, retries, cache, skipped records, secrets."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import socket
 from typing import Any
 
 import pytest
+from loopback_servers import Loopback, chat_completion, openai_error
 
 from dataset_builder.errors import StageError
 from dataset_builder.io import read_jsonl, write_jsonl
 from dataset_builder.pipeline import run_stage, stage_path
-
-from loopback_servers import Loopback, chat_completion, openai_error
 
 SECRET = "sk-test-SECRET-do-not-leak-1234"
 

@@ -9,13 +9,11 @@ import zlib
 from typing import Any
 
 import pytest
-
-from dataset_builder.io import read_jsonl
-from dataset_builder.pipeline import STAGES, run_stage
-
 from loopback_servers import Loopback, chat_completion
 from test_sources_http import eutils, mediawiki, pubmed_cfg
 
+from dataset_builder.io import read_jsonl
+from dataset_builder.pipeline import STAGES, run_stage
 
 POOL = [
     "Colicky pain under the right ribs after fatty meals.",

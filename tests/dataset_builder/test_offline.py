@@ -45,7 +45,8 @@ def test_ood_train_records_are_new_terms_retrieved_last(records: list[dict[str, 
     one) and leave the ood_test pool exactly as without them."""
     import copy
 
-    from dataset_builder.config import DEFAULT_CONFIG as CONFIG, load_config
+    from dataset_builder.config import DEFAULT_CONFIG as CONFIG
+    from dataset_builder.config import load_config
     from dataset_builder.sources.hpo import HPOIndex, _ood_records
 
     reserved = [i for i, r in enumerate(records) if r.get("reserved_for")]
@@ -70,9 +71,8 @@ def test_ood_train_records_are_new_terms_retrieved_last(records: list[dict[str, 
 @pytest.fixture(scope="module")
 def gallbladder(retrieved: str, records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> str:
     """chunk, filter and generate run on the gallbladder records only (the smallest organ)."""
-    from dataset_builder.config import load_config
-
     from dataset_builder.config import DEFAULT_CONFIG as CONFIG
+    from dataset_builder.config import load_config
 
     out = str(tmp_path_factory.mktemp("gallbladder"))
     write_jsonl(stage_path(out, "retrieve"), [r for r in records if r["organ"] == "gallbladder"])

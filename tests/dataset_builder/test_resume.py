@@ -11,11 +11,10 @@ import time
 from typing import Any
 
 import yaml
+from loopback_servers import Loopback, chat_completion
 
 from dataset_builder.io import Checkpoint, read_jsonl, write_jsonl
 from dataset_builder.pipeline import stage_path
-
-from loopback_servers import Loopback, chat_completion
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 N = 30

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from loopback_servers import Loopback
 
 from dataset_builder.errors import StageError
 from dataset_builder.sources.pubmed import retrieve_pubmed
 from dataset_builder.sources.wikipedia import retrieve_wikipedia
-
-from loopback_servers import Loopback
 
 ESEARCH = """<?xml version="1.0" encoding="UTF-8" ?>
 <!DOCTYPE eSearchResult PUBLIC "-//NLM//DTD esearch 20060628//EN" "https://eutils.ncbi.nlm.nih.gov/eutils/dtd/20060628/esearch.dtd">

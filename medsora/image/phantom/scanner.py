@@ -140,7 +140,7 @@ def _widening(z: np.ndarray) -> np.ndarray:
 
 def _draw_torso(canvas: Canvas) -> np.ndarray:
     """Subcutaneous fat, muscle wall and (fat-filled) abdominal cavity; returns the cavity mask."""
-    body, hu, (x, y, z) = canvas.body, canvas.hu, canvas.grid.coords((slice(None),) * 3)
+    body, hu, (x, y, _) = canvas.body, canvas.hu, canvas.grid.coords((slice(None),) * 3)
     widen = canvas.widen
     ac, bc = body.cavity
     hu[_ellipse(x, y, 0, 0, body.a * widen, body.b)] = body.hu["fat"]

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from medsora.stages import load_weights
 from monai.transforms import LoadImage
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from medsora.stages import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ class OrganQueryInfer(BasicInferTask):
             raise invalid(f"segmentation of {data.get('image_path')!r} failed: {e}") from e
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        from medsora.image.datalist import image_grid
         from medsora.display import organ_probability_map
+        from medsora.image.datalist import image_grid
         from medsora.query import answer_queries, patient_organ_features
 
         text, result_map = self._text(data), self._result_map(data)
