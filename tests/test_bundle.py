@@ -2,71 +2,41 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, REPO_ROOT, TRAIN
+from helpers import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, ORGANS, TRAIN, run_bundle
 from monai.bundle import ConfigParser
 
-# small enough for CI: five phantom cases, two epochs
-TINY = ["--phantom#num_cases", "5", "--phantom#num_validation", "2", "--epochs", "2", "--batch_size", "3"]
 
-
-def run_bundle(*args, cwd=REPO_ROOT, check=True):
-    """``python -m monai.bundle ARGS`` in a subprocess, as a user types it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"monai.bundle {args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Train on a freshly generated phantom with the README's command, outputs outside the repository."""
-    root = tmp_path_factory.mktemp("bundle_run")
-    dirs = {"phantom_dir": root / "phantom", "ckpt_dir": root / "models", "output_dir": root / "eval"}
-    overrides = [x for k, v in dirs.items() for x in (f"--{k}", str(v))] + TINY
-    result = run_bundle("run", "training", "--config_file", "bundle/configs/train.yaml", *overrides)
-    return {"overrides": overrides, "log": result.stdout + result.stderr, **dirs}
-
-
-def test_training_writes_best_and_last_checkpoints_and_logs(trained):
-    assert (trained["phantom_dir"] / "dataset_0.json").is_file()
-    assert (trained["ckpt_dir"] / "model.pt").is_file()
-    assert (trained["ckpt_dir"] / "checkpoint_epoch=2.pt").is_file()
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(trained["output_dir"]))
-    last = torch.load(trained["ckpt_dir"] / "checkpoint_epoch=2.pt", weights_only=False)
+@pytest.mark.slow
+def test_training_writes_best_and_last_checkpoints_and_logs(tiny_bundle):
+    assert (tiny_bundle["phantom_dir"] / "dataset_0.json").is_file()
+    assert (tiny_bundle["ckpt_dir"] / "model.pt").is_file()
+    assert (tiny_bundle["ckpt_dir"] / "checkpoint_epoch=2.pt").is_file()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tiny_bundle["output_dir"]))
+    last = torch.load(tiny_bundle["ckpt_dir"] / "checkpoint_epoch=2.pt", weights_only=False)
     assert set(last) == {"model", "optimizer", "lr_scheduler", "trainer"}
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # saved after epoch 2
-    assert "Epoch[2] Metrics -- val_accuracy" in trained["log"]
+    assert "Epoch[2] Metrics -- val_accuracy" in tiny_bundle["image_log"]
 
 
-def test_evaluate_reports_per_organ_metrics(trained):
+@pytest.mark.slow
+def test_evaluate_reports_per_organ_metrics(tiny_bundle):
     config = str([TRAIN, EVALUATE])
-    run_bundle("run", "evaluate_image", "--config_file", config, *trained["overrides"])
-    report = json.loads((trained["output_dir"] / "image_metrics.json").read_text())
+    run_bundle("run", "evaluate_image", "--config_file", config, *tiny_bundle["overrides"])
+    report = json.loads((tiny_bundle["output_dir"] / "image_metrics.json").read_text())
     assert report["samples"] == 2 * 7  # two validation cases, seven organs each
-    assert list(report["recall_per_organ"]) == [
-        "liver",
-        "pancreas",
-        "kidney",
-        "gallbladder",
-        "spleen",
-        "stomach",
-        "adrenal_gland",
-    ]
+    assert list(report["recall_per_organ"]) == ORGANS
     counts = torch.tensor(report["confusion_matrix"]["counts"])
     assert counts.sum() == 14 and counts.sum(1).tolist() == [2] * 7
     assert report["accuracy"] == pytest.approx(float(counts.trace()) / 14)
 
 
-def test_inference_classifies_every_organ_of_a_ct(trained, tmp_path):
-    case = json.loads((trained["phantom_dir"] / "dataset_0.json").read_text())["validation"][0]
+@pytest.mark.slow
+def test_inference_classifies_every_organ_of_a_ct(tiny_bundle, tmp_path):
+    case = json.loads((tiny_bundle["phantom_dir"] / "dataset_0.json").read_text())["validation"][0]
     output = tmp_path / "predictions.json"
     run_bundle(
         "run",
@@ -74,24 +44,23 @@ def test_inference_classifies_every_organ_of_a_ct(trained, tmp_path):
         "--config_file",
         "bundle/configs/inference.yaml",
         "--image",
-        str(trained["phantom_dir"] / case["image"]),
+        str(tiny_bundle["phantom_dir"] / case["image"]),
         "--label",
-        str(trained["phantom_dir"] / case["label"]),
+        str(tiny_bundle["phantom_dir"] / case["label"]),
         "--ckpt_dir",
-        str(trained["ckpt_dir"]),
+        str(tiny_bundle["ckpt_dir"]),
         "--output_file",
         str(output),
     )
     (predictions,) = json.loads(output.read_text()).values()
-    assert sorted(predictions) == sorted(
-        ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-    )
+    assert sorted(predictions) == sorted(ORGANS)
     for organ in predictions.values():
         assert sum(organ["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert organ["predicted"] == max(organ["probabilities"], key=organ["probabilities"].get)
 
 
-def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
+@pytest.mark.slow
+def test_exported_torchscript_matches_the_eager_model(tiny_bundle, tmp_path):
     ts_file = tmp_path / "model.ts"
     run_bundle(
         "ckpt_export",
@@ -99,7 +68,7 @@ def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
         "--filepath",
         str(ts_file),
         "--ckpt_file",
-        str(trained["ckpt_dir"] / "model.pt"),
+        str(tiny_bundle["ckpt_dir"] / "model.pt"),
         "--meta_file",
         "configs/metadata.json",
         "--config_file",
@@ -110,13 +79,14 @@ def test_exported_torchscript_matches_the_eager_model(trained, tmp_path):
     parser = ConfigParser()
     parser.read_config(INFERENCE)
     net = parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(trained["ckpt_dir"] / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(tiny_bundle["ckpt_dir"] / "model.pt", weights_only=True))
     net.eval()
     x = torch.rand(2, 1, 64, 64, 16)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
 
 
+@pytest.mark.slow
 def test_bundle_checks_pass():
     run_bundle(
         "verify_metadata",

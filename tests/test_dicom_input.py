@@ -6,16 +6,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_paths import INFERENCE
 from dicom_series import write_dicom_series
+from helpers import INFERENCE, ORGANS
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import LoadImage
 
 from medsora.image import phantom
 from medsora.image.datalist import case_datalist, check_pair, image_grid
 from medsora.image.features import organ_feature_bank
-
-ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 
 
 @pytest.fixture(scope="module")

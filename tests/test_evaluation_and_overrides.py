@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from bundle_paths import TRAIN
+from helpers import TRAIN
 from monai.bundle import ConfigParser
 
 from medsora.atomic_io import write_json_atomic

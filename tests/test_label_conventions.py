@@ -2,20 +2,17 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
+from helpers import INFERENCE, ORGANS, TRAIN, cli, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medsora.image import phantom
 from medsora.organs import label_convention
 
-ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 BTCV = {
     "liver": [6],
     "pancreas": [11],
@@ -167,6 +164,7 @@ def predictions(path):
     return case_predictions
 
 
+@pytest.mark.slow
 def test_a_convention_of_ones_own_from_the_command_line(case, tmp_path):
     """The documented override adds a convention without editing a config; predictions match the BTCV run."""
     reference = tmp_path / "btcv.json"
@@ -183,34 +181,17 @@ def test_a_convention_of_ones_own_from_the_command_line(case, tmp_path):
     workflow.finalize()
     mine = {"organ_labels": MINE, "known_labels": list(range(21, 34))}
     output = tmp_path / "mine.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "inference",
-            "--config_file",
-            INFERENCE,
-            "--image",
-            case["image"],
-            "--label",
-            case["mine"],
-            "--ckpt_dir",
-            str(case["root"] / "models"),
-            "--output_file",
-            str(output),
-            "--label_conventions#mine",
-            repr(mine),
-            "--label_convention",
-            "mine",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    files = {"image": case["image"], "label": case["mine"], "ckpt_dir": case["root"] / "models", "output_file": output}
+    run_bundle(
+        "run",
+        "inference",
+        "--config_file",
+        INFERENCE,
+        *cli(files),
+        *cli({"label_conventions#mine": mine}),
+        "--label_convention",
+        "mine",
     )
-    assert result.returncode == 0, result.stderr[-5000:]
     ours, theirs = predictions(output), predictions(reference)
     assert list(ours) == list(theirs) == ORGANS
     for organ in ORGANS:

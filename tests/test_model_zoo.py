@@ -7,8 +7,10 @@ import re
 
 import pytest
 import yaml
-from bundle_paths import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, TRAIN
+from helpers import BUNDLE_ROOT, CONFIGS, EVALUATE, INFERENCE, TINY_IMAGE, TRAIN
 from monai.bundle import ConfigWorkflow, verify_metadata
+
+import medsora
 
 META_FILE = os.path.join(CONFIGS, "metadata.json")
 SCHEMA = os.path.join(BUNDLE_ROOT, "docs", "meta_schema.json")
@@ -20,13 +22,7 @@ RUN_TIME_DIRS = {"data", "eval", "cache", "runs", "__pycache__"}
 RUN_TIME_FILES = ["models/checkpoint_epoch=*.pt"]
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 # the model zoo's own tiny-data unit tests, adapted: five small phantom CTs, one epoch
-TINY = {
-    "phantom#num_cases": 5,
-    "phantom#num_validation": 2,
-    "phantom#shape": [64, 64, 32],
-    "epochs": 1,
-    "batch_size": 3,
-}
+TINY = {**TINY_IMAGE, "phantom#shape": [64, 64, 32], "epochs": 1}
 
 
 def metadata() -> dict:
@@ -103,6 +99,13 @@ def test_version_is_semver_and_its_changelog_entry_is_the_newest():
     assert all(isinstance(text, str) and text.strip() for text in changelog.values())
 
 
+def test_the_library_the_configs_name_is_a_required_package_of_this_version():
+    """A zoo user installs the required packages; the configs' medsora.* targets come from the med-sora library, which
+    is released together with the bundle under the same version."""
+    meta = metadata()
+    assert meta["required_packages_version"]["med-sora"] == medsora.__version__ == meta["version"]
+
+
 def test_metadata_validates_against_the_shipped_schema(tmp_path):
     verify_metadata(meta_file=META_FILE, filepath=SCHEMA)
     broken = {k: v for k, v in metadata().items() if k != "copyright"}
@@ -148,6 +151,7 @@ def finish(flow: ConfigWorkflow) -> None:
     flow.finalize()
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_inference_run_in_process(tmp_path):
     dirs = {
         "phantom_dir": str(tmp_path / "phantom"),

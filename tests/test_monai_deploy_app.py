@@ -22,8 +22,8 @@ pytest.importorskip("monai.deploy.core", reason=NEEDS_EXTRA)
 hd = pytest.importorskip("highdicom", reason=NEEDS_EXTRA)
 
 import pydicom  # noqa: E402
-from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from dicom_series import write_dicom_series  # noqa: E402
+from helpers import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.transforms import LoadImage  # noqa: E402
 from pydicom.sr.codedict import codes  # noqa: E402

@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("monailabel", reason="MONAI Label app tests need the [label] extra: pip install -e '.[label]'")
 
 import httpx  # noqa: E402  (monailabel depends on both)
-from bundle_paths import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
+from helpers import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 

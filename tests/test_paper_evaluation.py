@@ -3,12 +3,10 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from bundle_paths import CONFIGS, EVALUATE, REPO_ROOT, TRAIN
+from helpers import CONFIGS, EVALUATE, ORGANS, REPO_ROOT, TINY_IMAGE, TRAIN, cli, run_bundle
 
 from medsora.evaluation.bm25 import bm25_organ_scores
 from medsora.evaluation.grid import Alignment, ExperimentGrid
@@ -16,11 +14,15 @@ from medsora.evaluation.report import markdown_report, summarize, summarize_repo
 from medsora.text.corpus import default_corpus_dir
 from medsora.text.encoders import default_minilm_path
 
-ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
 STRUCTURES = ["2D Only", "3D Only", "2D+3D (concat)", "2D+3D (cross-Attn)"]
-TINY_SCHEDULE = (
-    "{'epochs': 1, 'val_interval': 1, 'anchor_epochs': 3, 'text_epochs': 3, 'gate_epochs': 3, 'align_epochs': 3}"
-)
+TINY_SCHEDULE = {
+    "epochs": 1,
+    "val_interval": 1,
+    "anchor_epochs": 3,
+    "text_epochs": 3,
+    "gate_epochs": 3,
+    "align_epochs": 3,
+}
 FULL_LABELS = "soft_annotated_organ_at_1"  # the slug of the full model's Table 2 row, "Soft, annotated organ at 1"
 
 
@@ -137,38 +139,12 @@ def test_grid_refuses_a_bad_configuration(tmp_path, changes, message):
 
 
 def run_evaluate(root, *extra):
-    overrides = [
-        "--phantom_dir",
-        str(root / "phantom"),
-        "--output_dir",
-        str(root / "eval"),
-        "--phantom#num_cases",
-        "5",
-        "--phantom#num_validation",
-        "2",
-        "--batch_size",
-        "3",
-        "--corpus_dir",
-        str(root / "corpus"),
-        "--text_cache_dir",
-        str(root / "cache"),
-        "--evaluation#seeds",
-        "[0, 1]",
-        "--evaluation#schedule",
-        TINY_SCHEDULE,
-        "--evaluation#text_encoders#MiniLM_CLS",
-        f"{{'path': '{default_minilm_path()}', 'pooling': 'cls'}}",
-        *extra,
-    ]
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluate", "--config_file", str([TRAIN, EVALUATE]), *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"evaluate failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    data = {"phantom_dir": root / "phantom", "output_dir": root / "eval", "corpus_dir": root / "corpus"}
+    tiny = {key: value for key, value in TINY_IMAGE.items() if key != "epochs"}  # the schedule sets the epochs
+    grid = {"evaluation#seeds": [0, 1], "evaluation#schedule": TINY_SCHEDULE}
+    encoder = {"evaluation#text_encoders#MiniLM_CLS": {"path": default_minilm_path(), "pooling": "cls"}}
+    overrides = cli({**data, **tiny, "text_cache_dir": root / "cache", **grid, **encoder})
+    result = run_bundle("run", "evaluate", "--config_file", str([TRAIN, EVALUATE]), *overrides, *extra, timeout=1200)
     return result.stdout + result.stderr
 
 
@@ -193,6 +169,7 @@ def evaluated(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_every_row_is_trained_for_every_seed(evaluated):
     log, tables = evaluated["log"], evaluated["metrics"]["tables"]
     for seed in (0, 1):
@@ -228,6 +205,7 @@ def test_every_row_is_trained_for_every_seed(evaluated):
                 assert all(a <= b for a, b in zip(row[low]["values"], row[high]["values"]))
 
 
+@pytest.mark.slow
 def test_the_full_model_is_one_run_shared_by_the_tables_and_matches_its_own_metrics(evaluated):
     root, tables = evaluated["root"], evaluated["metrics"]["tables"]
     full = tables["labeling"]["rows"]["Soft, annotated organ at 1"]
@@ -245,6 +223,7 @@ def test_the_full_model_is_one_run_shared_by_the_tables_and_matches_its_own_metr
     assert json.loads((root / "eval" / "image_metrics.json").read_text())["samples"] == 2 * 7
 
 
+@pytest.mark.slow
 def test_report_has_every_table_the_papers_numbers_and_the_figures(evaluated):
     root = evaluated["root"]
     report = (root / "eval" / "report.md").read_text()
@@ -278,6 +257,7 @@ def test_report_has_every_table_the_papers_numbers_and_the_figures(evaluated):
     assert all(os.path.isfile(a["probability_map"]) for a in answers)
 
 
+@pytest.mark.slow
 def test_a_second_run_resumes_from_the_finished_runs(evaluated):
     assert "[evaluate] training" not in evaluated["again"] and "[evaluate] align" not in evaluated["again"]
     assert evaluated["metrics_again"]["tables"] == evaluated["metrics"]["tables"]

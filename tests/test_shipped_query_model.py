@@ -3,7 +3,7 @@
 import os
 
 import numpy as np
-from bundle_paths import BUNDLE_ROOT, INFERENCE
+from helpers import BUNDLE_ROOT, INFERENCE
 from monai.bundle import ConfigParser
 
 from medsora.text.corpus import read_corpus

@@ -1,16 +1,14 @@
 """The text half trained for real on the shipped corpus (short schedules), then queried the way users query it."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_paths import INFERENCE, REPO_ROOT, TRAIN
+import yaml
+from helpers import INFERENCE, ORGANS, TEXT, TINY_TEXT, run_bundle
 
 from medsora.image import phantom
 from medsora.query import MAX_TEXT_CHARS
@@ -18,58 +16,21 @@ from medsora.text.alignment import AlignmentInfoNCELoss
 from medsora.text.encoders import HFTextEncoder
 from medsora.text.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
 
-TEXT = os.path.join(REPO_ROOT, "bundle", "configs", "text.yaml")
-ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-SHORT = ["--anchor_epochs", "20", "--text_epochs", "20", "--gate_epochs", "20", "--align_epochs", "10"]
+
+def query(tiny_bundle, *args, check=True):
+    """``run query`` with the tiny bundle's trained weights."""
+    dirs = ["--ckpt_dir", tiny_bundle["ckpt_dir"], "--output_dir", tiny_bundle["output_dir"]]
+    return run_bundle("run", "query", "--config_file", INFERENCE, *dirs, *args, check=check)
 
 
-def run_bundle(*args):
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900
-    )
-    return result
-
-
-def check(result):
-    if result.returncode != 0:
-        raise AssertionError(f"bundle run failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny image network on five phantom CTs, then every text stage on the shipped corpus."""
-    root = tmp_path_factory.mktemp("text_run")
-    dirs = {"phantom_dir": root / "phantom", "ckpt_dir": root / "models", "output_dir": root / "eval"}
-    common = [x for k, v in dirs.items() for x in (f"--{k}", str(v))]
-    image = ["--phantom#num_cases", "5", "--phantom#num_validation", "1", "--epochs", "3", "--batch_size", "2"]
-    check(run_bundle("run", "training", "--config_file", TRAIN, *common, *image))
-    text_configs = str([TRAIN, TEXT])
-    extra = ["--text_cache_dir", str(root / "cache"), *SHORT]
-    log = check(run_bundle("run", "train_text", "--config_file", text_configs, *common, *image, *extra))
-    return {"root": root, "common": common, "log": log.stdout + log.stderr, **dirs}
-
-
-def query(trained, *args):
-    return run_bundle(
-        "run",
-        "query",
-        "--config_file",
-        INFERENCE,
-        "--ckpt_dir",
-        str(trained["ckpt_dir"]),
-        "--output_dir",
-        str(trained["output_dir"]),
-        *args,
-    )
-
-
-def test_every_stage_writes_its_file(trained):
+@pytest.mark.slow
+def test_every_stage_writes_its_file(tiny_bundle):
     for name in ("text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt"):
-        assert (trained["ckpt_dir"] / name).is_file(), name
-    history = json.loads((trained["output_dir"] / "text_training" / "anchors_loss.json").read_text())
-    assert len(history["epoch_loss"]) == 20 and history["epoch_loss"][-1] < history["epoch_loss"][0]
-    metrics = json.loads((trained["output_dir"] / "text_metrics.json").read_text())
+        assert (tiny_bundle["ckpt_dir"] / name).is_file(), name
+    history = json.loads((tiny_bundle["output_dir"] / "text_training" / "anchors_loss.json").read_text())
+    assert len(history["epoch_loss"]) == TINY_TEXT["anchor_epochs"]
+    assert history["epoch_loss"][-1] < history["epoch_loss"][0]
+    metrics = json.loads((tiny_bundle["output_dir"] / "text_metrics.json").read_text())
     for split in ("validation", "test"):
         for model in ("Med-SORA", "text head only", "zero-shot (organ name)"):
             report = metrics[split][model]
@@ -77,9 +38,10 @@ def test_every_stage_writes_its_file(trained):
         assert 0.5 < metrics[split]["out-of-domain"]["AUROC"] <= 1.0
 
 
-def test_soft_labels_point_to_the_right_organ(trained):
+@pytest.mark.slow
+def test_soft_labels_point_to_the_right_organ(tiny_bundle):
     encoder = HFTextEncoder()
-    anchors = load_anchors(str(trained["ckpt_dir"] / "text_anchors.pt"), encoder.dim, 7)
+    anchors = load_anchors(str(tiny_bundle["ckpt_dir"] / "text_anchors.pt"), encoder.dim, 7)
     unambiguous = {
         "liver": "Yellowing of the skin and eyes with dark urine and an enlarged tender liver edge.",
         "kidney": "Blood in the urine with flank pain and reduced urine output.",
@@ -91,7 +53,8 @@ def test_soft_labels_point_to_the_right_organ(trained):
         assert ORGANS[int(labels[row].argmax())] == organ, (organ, labels[row])
 
 
-def test_query_file_contract(trained, tmp_path):
+@pytest.mark.slow
+def test_query_file_contract(tiny_bundle, tmp_path):
     lines = [
         json.dumps({"text": "jaundice, dark urine and pale stools", "id": 7, "meta": {"ward": "A"}}),
         "not json at all",
@@ -106,7 +69,7 @@ def test_query_file_contract(trained, tmp_path):
     queries = tmp_path / "q.jsonl"
     queries.write_bytes(b"\n".join(b"\xff\xfe broken" if line is None else line.encode() for line in lines) + b"\n")
     out = tmp_path / "answers.jsonl"
-    check(query(trained, "--queries_file", str(queries), "--output_file", str(out)))
+    query(tiny_bundle, "--queries_file", queries, "--output_file", out)
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(answers) == len(lines)
     first, knee = answers[0], answers[-1]
@@ -129,35 +92,24 @@ def test_query_file_contract(trained, tmp_path):
     assert all("scores" not in a for a in answers[1:-1])
 
 
-def test_single_text_prints_a_ranking(trained):
-    result = check(query(trained, "--text", "vomiting blood and black tarry stools"))
+@pytest.mark.slow
+def test_single_text_prints_a_ranking(tiny_bundle):
+    result = query(tiny_bundle, "--text", "vomiting blood and black tarry stools")
     assert "abdominal: yes" in result.stdout
     ranked = [line.split()[1] for line in result.stdout.splitlines() if re.match(r"\s*[1-7]\. ", line)]
     assert sorted(ranked) == sorted(ORGANS)
 
 
-def test_query_on_a_patient_ct_writes_probability_maps(trained, tmp_path):
+@pytest.mark.slow
+def test_query_on_a_patient_ct_writes_probability_maps(tiny_bundle, tmp_path):
     phantom.generate_phantom_dataset(str(tmp_path / "ct"), num_cases=1, num_validation=0, seed=11)
     items = json.loads((tmp_path / "ct" / "dataset_0.json").read_text())["training"][0]
     image, label = str(tmp_path / "ct" / items["image"]), str(tmp_path / "ct" / items["label"])
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"text": "painless jaundice and weight loss"}) + "\n")
     out = tmp_path / "answers.jsonl"
-    check(
-        query(
-            trained,
-            "--queries_file",
-            str(queries),
-            "--output_file",
-            str(out),
-            "--image",
-            image,
-            "--label",
-            label,
-            "--maps_dir",
-            str(tmp_path / "maps"),
-        )
-    )
+    patient = ["--image", image, "--label", label, "--maps_dir", tmp_path / "maps"]
+    query(tiny_bundle, "--queries_file", queries, "--output_file", out, *patient)
     answer = json.loads(out.read_text())
     prob = nib.load(answer["probability_map"])
     labels = nib.load(label)
@@ -171,7 +123,8 @@ def test_query_on_a_patient_ct_writes_probability_maps(trained, tmp_path):
 
 
 def test_missing_weights_name_the_file_and_the_command(tmp_path):
-    result = run_bundle("run", "query", "--config_file", INFERENCE, "--ckpt_dir", str(tmp_path), "--text", "nausea")
+    empty = ["--ckpt_dir", tmp_path]
+    result = run_bundle("run", "query", "--config_file", INFERENCE, *empty, "--text", "nausea", check=False)
     assert result.returncode != 0
     assert "alignment.pt not found" in result.stderr and "run train_text" in result.stderr
 
@@ -212,8 +165,6 @@ def test_infonce_prefers_the_matching_organ():
 
 
 def test_inference_builds_the_text_model_the_text_stages_train():
-    import yaml
-
     shared = ["text_encoder_def", "text_embedding_dim", "text_model_def", "domain_gate_def", "aligner_def"]
     text, inference = (yaml.safe_load(open(path)) for path in (TEXT, INFERENCE))
     assert {k: inference[k] for k in shared} == {k: text[k] for k in shared}

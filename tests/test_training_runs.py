@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from bundle_paths import REPO_ROOT, TRAIN
+from helpers import REPO_ROOT, TRAIN
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 from monai.utils import set_determinism
@@ -44,6 +44,7 @@ def train(dataset, ckpt_dir, epochs=3, stop_after=None, **overrides):
     return torch.load(ckpt_dir / f"checkpoint_epoch={stop_after or epochs}.pt", weights_only=False)
 
 
+@pytest.mark.slow
 def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
     straight = train(dataset, tmp_path / "straight")
     interrupted = train(dataset, tmp_path / "interrupted", stop_after=2)
@@ -59,6 +60,7 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, t
     assert any(not torch.equal(interrupted["model"][n], w) for n, w in resumed["model"].items())
 
 
+@pytest.mark.slow
 def test_data_parallel_training_under_torchrun(dataset, tmp_path):
     config = str([TRAIN, os.path.join(os.path.dirname(TRAIN), "multi_gpu_train.yaml")])
     command = [
