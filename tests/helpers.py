@@ -12,6 +12,16 @@ TEXT = os.path.join(CONFIGS, "text.yaml")
 EVALUATE = os.path.join(CONFIGS, "evaluate.yaml")
 INFERENCE = os.path.join(CONFIGS, "inference.yaml")
 ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
+#: organ -> label ids of the BTCV convention, the bundle's default
+BTCV = {
+    "liver": [6],
+    "pancreas": [11],
+    "kidney": [2, 3],
+    "gallbladder": [4],
+    "spleen": [1],
+    "stomach": [7],
+    "adrenal_gland": [12, 13],
+}
 
 #: the image side on five small phantom CTs (two of them for validation), two epochs
 TINY_IMAGE = {"phantom#num_cases": 5, "phantom#num_validation": 2, "epochs": 2, "batch_size": 3}

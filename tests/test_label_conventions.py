@@ -7,21 +7,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers import INFERENCE, ORGANS, TRAIN, cli, run_bundle
+from helpers import BTCV, INFERENCE, ORGANS, TRAIN, cli, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medsora.image import phantom
 from medsora.organs import label_convention
 
-BTCV = {
-    "liver": [6],
-    "pancreas": [11],
-    "kidney": [2, 3],
-    "gallbladder": [4],
-    "spleen": [1],
-    "stomach": [7],
-    "adrenal_gland": [12, 13],
-}
 TOTALSEGMENTATOR = {
     "liver": [5],
     "pancreas": [7],

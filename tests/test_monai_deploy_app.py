@@ -23,7 +23,7 @@ hd = pytest.importorskip("highdicom", reason=NEEDS_EXTRA)
 
 import pydicom  # noqa: E402
 from dicom_series import write_dicom_series  # noqa: E402
-from helpers import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
+from helpers import BTCV, BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.transforms import LoadImage  # noqa: E402
 from pydicom.sr.codedict import codes  # noqa: E402
@@ -33,16 +33,6 @@ from medsora.query import run_query  # noqa: E402
 
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_deploy")
 TEXT = "painless jaundice and weight loss"
-# BTCV ids, the app's default convention
-ORGAN_LABELS = {
-    "liver": [6],
-    "pancreas": [11],
-    "kidney": [2, 3],
-    "gallbladder": [4],
-    "spleen": [1],
-    "stomach": [7],
-    "adrenal_gland": [12, 13],
-}
 SR_CLASSES = {  # Basic Text, Enhanced, Comprehensive and Comprehensive 3D SR Storage
     "1.2.840.10008.5.1.4.1.1.88.11",
     "1.2.840.10008.5.1.4.1.1.88.22",
@@ -158,8 +148,8 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
     assert sr.SeriesInstanceUID != ct.SeriesInstanceUID
     (report,) = [item.TextValue for item in sr.ContentSequence if item.ValueType == "TEXT"]
     scores, ranking = read_sr_ranking(report)
-    assert sorted(scores) == sorted(ORGAN_LABELS)
-    for organ in ORGAN_LABELS:
+    assert sorted(scores) == sorted(BTCV)
+    for organ in BTCV:
         assert scores[organ] == pytest.approx(expected["scores"][organ], abs=1e-4)
     assert ranking == expected["ranking"]
     assert f"Abdominal (in domain): {'yes' if expected['in_domain'] else 'no'}" in report
@@ -175,20 +165,20 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
     assert prob.shape == study["ct_shape"] == ids.shape
     np.testing.assert_allclose(prob.affine, study["ct_affine"], atol=1e-4)
     values = prob.get_fdata()
-    for organ, organ_ids in ORGAN_LABELS.items():
+    for organ, organ_ids in BTCV.items():
         assert np.allclose(values[np.isin(ids, organ_ids)], expected["scores"][organ], atol=1e-4)
-    assert np.all(values[~np.isin(ids, sum(ORGAN_LABELS.values(), []))] == 0.0)
+    assert np.all(values[~np.isin(ids, sum(BTCV.values(), []))] == 0.0)
 
     (seg_ds,) = [ds for ds in datasets if ds.SOPClassUID == SEGMENTATION_STORAGE]
     seg = hd.seg.Segmentation.from_dataset(seg_ds)
     assert seg.segmentation_type.value == "FRACTIONAL" and seg_ds.SegmentationFractionalType == "PROBABILITY"
     assert seg_ds.StudyInstanceUID == ct.StudyInstanceUID and seg_ds.FrameOfReferenceUID == ct.FrameOfReferenceUID
     assert [item.SeriesInstanceUID for item in seg_ds.ReferencedSeriesSequence] == [ct.SeriesInstanceUID]
-    assert [item.SegmentLabel for item in seg_ds.SegmentSequence] == list(ORGAN_LABELS)
+    assert [item.SegmentLabel for item in seg_ds.SegmentSequence] == list(BTCV)
     geometry = hd.VolumeGeometry(study["ct_affine"], study["ct_shape"], "PATIENT", from_reference_convention="RAS")
     channels = seg.get_volume().match_geometry(geometry).array  # (x, y, z, organ) on the CT's grid
     tolerance = 0.5 / int(seg_ds.MaximumFractionalValue) + 1e-6
-    for index, (organ, organ_ids) in enumerate(ORGAN_LABELS.items()):
+    for index, (organ, organ_ids) in enumerate(BTCV.items()):
         inside = np.isin(ids, organ_ids)
         assert np.allclose(channels[..., index][inside], expected["scores"][organ], atol=tolerance)
         assert np.all(channels[..., index][~inside] == 0.0)

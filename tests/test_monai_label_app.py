@@ -20,7 +20,7 @@ import torch
 pytest.importorskip("monailabel", reason="MONAI Label app tests need the [label] extra: pip install -e '.[label]'")
 
 import httpx  # noqa: E402  (monailabel depends on both)
-from helpers import BUNDLE_ROOT, INFERENCE, REPO_ROOT  # noqa: E402
+from helpers import BTCV, BUNDLE_ROOT, INFERENCE, ORGANS, REPO_ROOT  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from requests_toolbelt.multipart.decoder import MultipartDecoder  # noqa: E402
 
@@ -29,16 +29,6 @@ from medsora.query import run_query  # noqa: E402
 
 APP_DIR = os.path.join(REPO_ROOT, "integrations", "monai_label")
 MODEL = "med_sora"
-ORGANS = ["liver", "pancreas", "kidney", "gallbladder", "spleen", "stomach", "adrenal_gland"]
-BTCV = {
-    "liver": [6],
-    "pancreas": [11],
-    "kidney": [2, 3],
-    "gallbladder": [4],
-    "spleen": [1],
-    "stomach": [7],
-    "adrenal_gland": [12, 13],
-}
 BILIARY_COLIC = "colicky right upper quadrant pain after fatty meals"
 STARTUP_TIMEOUT_S = 180
 # the test segmentation bundle: a 1x1x1 convolution whose argmax thresholds HU (<=60: 0, 61..150: 1, >150: 2),

@@ -8,19 +8,11 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import BTCV
 
 from medsora.display import display_slices, organ_probability_map, render_query_figure, save_probability_map, wrap_text
 from medsora.organs import rank_organs
 
-BTCV = {
-    "liver": [6],
-    "pancreas": [11],
-    "kidney": [2, 3],
-    "gallbladder": [4],
-    "spleen": [1],
-    "stomach": [7],
-    "adrenal_gland": [12, 13],
-}
 SCORES = {
     "liver": 0.81,
     "pancreas": 0.12,

@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import BTCV
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from medsora.image.organ_masking import OrganMaskd
@@ -17,15 +18,6 @@ from medsora.image.slice_sampling import (
     stratified_slice_indices,
 )
 
-BTCV_ORGANS = {
-    "liver": [6],
-    "pancreas": [11],
-    "kidney": [2, 3],
-    "gallbladder": [4],
-    "spleen": [1],
-    "stomach": [7],
-    "adrenal_gland": [12, 13],
-}
 BTCV_IDS = list(range(1, 14))
 AFFINE = np.diag([-2.0, -2.0, 3.0, 1.0])
 
@@ -60,14 +52,14 @@ def load(item):
 
 def mask_organs(item, **kwargs):
     kwargs.setdefault("known_labels", BTCV_IDS)
-    return OrganMaskd(keys="image", organ_labels=BTCV_ORGANS, margin=1, **kwargs)(load(item))
+    return OrganMaskd(keys="image", organ_labels=BTCV, margin=1, **kwargs)(load(item))
 
 
 def test_one_masked_crop_per_organ(tmp_path):
     label = boxes_label_map()
     image = np.arange(label.size, dtype=np.int16).reshape(label.shape) % 1000
     samples = mask_organs(write_case(tmp_path, label, image))
-    assert [s["organ"] for s in samples] == list(BTCV_ORGANS)
+    assert [s["organ"] for s in samples] == list(BTCV)
     assert [int(s["label"]) for s in samples] == list(range(7))
     liver = samples[0]
     # the liver box [2:14, 2:16, 2:12] plus a one-voxel margin
