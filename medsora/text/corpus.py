@@ -11,6 +11,7 @@ and model choice never see a paraphrase of what they are judged on.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from collections.abc import Sequence
@@ -28,15 +29,17 @@ __all__ = [
 
 
 def default_corpus_dir() -> str:
-    """The corpus shipped with the ``dataset_builder`` package (``train.jsonl``, ``test.jsonl``, OOD files)."""
-    try:
-        import dataset_builder
-    except ImportError as e:
+    """The corpus shipped as data of the ``dataset_builder`` package (``train.jsonl``, ``test.jsonl``, OOD files).
+
+    The package is located, not imported: the library reads the builder's output and never runs the builder.
+    """
+    spec = importlib.util.find_spec("dataset_builder")
+    if spec is None or spec.origin is None:
         raise ImportError(
             "the default symptom corpus ships with the dataset_builder package: `pip install -e .` from the "
             "repository, or pass --corpus_dir DIR holding train.jsonl, test.jsonl, ood_train.jsonl, ood_test.jsonl."
-        ) from e
-    return os.path.join(os.path.dirname(dataset_builder.__file__), "corpus")
+        )
+    return os.path.join(os.path.dirname(spec.origin), "corpus")
 
 
 def read_corpus(path: str, organs: Sequence[str], kind: str) -> list[dict[str, Any]]:
