@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from medsora.text.encoders import CachedTextEncoder, HFTextEncoder, OpenAIEmbeddingEncoder, default_minilm_path
+from medsora.text.encoder_cache import CachedTextEncoder
+from medsora.text.encoders import HFTextEncoder, default_minilm_path
+from medsora.text.openai_encoder import OpenAIEmbeddingEncoder
 
 TEXTS = [
     "pain in the upper right abdomen after fatty meals",
@@ -294,7 +296,7 @@ def test_openai_retries_server_errors_and_rate_limits(server, openai_encoder, ca
     embeddings = openai_encoder(max_retries=3).encode(TEXTS[:2])
     np.testing.assert_allclose(embeddings, expected_server_vectors(TEXTS[:2]), rtol=1e-6)
     assert len(server.requests) == 3
-    retries = [r for r in caplog.records if r.name == "medsora.text.encoders" and r.levelno == logging.WARNING]
+    retries = [r for r in caplog.records if r.name == "medsora.text.openai_encoder" and r.levelno == logging.WARNING]
     assert len(retries) == 2 and "test-embed" in retries[0].getMessage()
     assert KEY not in caplog.text
 
@@ -446,7 +448,7 @@ def test_corrupt_or_foreign_cache_files_are_rebuilt(tmp_path, minilm, caplog):
     def fresh_encode() -> np.ndarray:
         before = counting.calls
         encoder = CachedTextEncoder(counting, str(tmp_path))
-        with caplog.at_level(logging.WARNING, logger="medsora.text.encoders"):
+        with caplog.at_level(logging.WARNING, logger="medsora.text.encoder_cache"):
             caplog.clear()
             result = encoder.encode(TEXTS[:3])
         assert counting.calls == before + 1 and "rebuilding" in caplog.text
