@@ -175,9 +175,16 @@ class HFTextEncoder:
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            model = AutoModel.from_pretrained(self.path, local_files_only=True)
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a bar for a local load of a few MB is noise on every query
+            try:
+                model = AutoModel.from_pretrained(self.path, local_files_only=True)
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
             self._model = model.to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
         return self._tokenizer, self._model
 
