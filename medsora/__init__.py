@@ -27,6 +27,7 @@ __getattr__, __dir__ = lazy_submodules(
         "display",
         "evaluation",
         "image",
+        "literal_options",
         "organs",
         "query",
         "stages",
