@@ -22,6 +22,7 @@ __getattr__, __dir__ = lazy_submodules(
     __name__,
     (
         "atomic_io",
+        "checkpoints",
         "config_check",
         "determinism",
         "display",

@@ -58,6 +58,15 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, t
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     # the resumed run did train: epoch 3 moved the weights on from the interruption
     assert any(not torch.equal(interrupted["model"][n], w) for n, w in resumed["model"].items())
+    # it knew the best validation score so far, and wrote every file as the uninterrupted run did, byte for byte:
+    # model.pt (the best epoch's network, replaced only by a better one) and the last checkpoint, no stale one
+    assert resumed["best_model"] == straight["best_model"]
+    files = {
+        run: sorted(p.name for p in (tmp_path / run).iterdir() if p.is_file()) for run in ("straight", "interrupted")
+    }
+    assert files["straight"] == files["interrupted"] == ["checkpoint_epoch=3.pt", "model.pt"]
+    for name in files["straight"]:
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "interrupted" / name).read_bytes(), name
 
 
 @pytest.mark.slow
