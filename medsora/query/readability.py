@@ -6,7 +6,8 @@
 The domain gate learnt abdominal against other English texts, so a text it cannot read gets an arbitrary, often
 confident, P(abdominal). No language model is needed to see that most of such a text's words are unknown: a word is
 known when the text encoder's tokenizer has it as a whole word or the corpus's training texts use it. Words of fewer
-than three letters (``de``, ``и``) and abbreviations (two or more capitals: ``RUQ``, ``LFTs``) are not judged.
+than three letters (``de``, ``и``; Chinese, Japanese and Korean words are judged at any length) and abbreviations
+(two or more capitals: ``RUQ``, ``LFTs``) are not judged.
 
 On the shipped corpus and encoder, every English text of ``test.jsonl`` and ``ood_test.jsonl`` has at least half of
 its judged words known, texts in other languages and random letters at most a third (bundle/docs/README.md), so a
@@ -33,8 +34,13 @@ _WORD = re.compile(r"[^\W\d_]+")
 
 
 def judged_words(text: str) -> list[str]:
-    """The words of ``text`` whose spelling is judged, lower case: three or more letters, not an abbreviation."""
-    return [w.lower() for w in _WORD.findall(text) if len(w) >= 3 and sum(c.isupper() for c in w) < 2]
+    """The words of ``text`` whose spelling is judged, lower case: not an abbreviation, and three or more letters
+    unless written in a script of few-letter words (Chinese, Japanese, Korean: from U+2E80)."""
+    return [
+        word.lower()
+        for word in _WORD.findall(text)
+        if sum(c.isupper() for c in word) < 2 and (len(word) >= 3 or any(ord(c) >= 0x2E80 for c in word))
+    ]
 
 
 class QueryVocabulary:
