@@ -42,10 +42,21 @@ def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
 
 
 class Commands:
-    """Build the Med-SORA symptom corpus; every stage is also a command of its own."""
+    """Build the Med-SORA symptom corpus; every stage is also a command of its own.
 
-    def __init__(self, config: str = DEFAULT_CONFIG, out: str = "data/corpus", **overrides: Any) -> None:
-        self._config, self._out, self._overrides = config, out, overrides
+    Fire hands every flag to this constructor, so the options of single commands are taken here (``corpus`` is
+    ``verify``'s) and every other ``--key.path=value`` must name a config key.
+    """
+
+    def __init__(
+        self,
+        config: str = DEFAULT_CONFIG,
+        out: str = "data/corpus",
+        corpus: str = os.path.join(os.path.dirname(__file__), "corpus"),
+        **overrides: Any,
+    ) -> None:
+        self._config, self._out, self._corpus, self._overrides = config, out, corpus, overrides
+        load_config(config, **overrides)  # a misspelt key fails before any command runs
 
     def _run(self, stage: str) -> None:
         cfg = load_config(self._config, **self._overrides)
@@ -91,20 +102,28 @@ class Commands:
         for name, counts in clinical.run(cfg, self._out).items():
             print(f"{name}.jsonl: {sum(counts.values())} texts ({', '.join(f'{k} {n}' for k, n in counts.items())})")
 
-    def verify(self, corpus: str = os.path.join(os.path.dirname(__file__), "corpus")) -> None:
-        """Rebuild offline into --out and check the published files of CORPUS byte for byte."""
+    def verify(self) -> None:
+        """Rebuild offline into --out and check the published files of --corpus (the shipped corpus) byte for byte."""
         cfg = load_config(self._config, **self._overrides)
         _setup_logging(self._out)
-        differing = verify(cfg, corpus, self._out)
+        differing = verify(cfg, self._corpus, self._out)
         if differing:
-            sys.exit(f"[verify] differs from {corpus}: {', '.join(differing)}")
-        print(f"[verify] {corpus} reproduced byte for byte")
+            sys.exit(f"[verify] differs from {self._corpus}: {', '.join(differing)}")
+        print(f"[verify] {self._corpus} reproduced byte for byte")
+
+
+def fire_arguments(args: list[str]) -> list[str]:
+    """``--help`` / ``-h`` anywhere asks fire for help (``-- --help``): fire would hand a bare ``--help`` to the
+    constructor as one more flag and run the command."""
+    if "--" in args or not {"--help", "-h"} & set(args):
+        return args
+    return [arg for arg in args if arg not in ("--help", "-h")] + ["--", "--help"]
 
 
 def main() -> None:
     """Entry point; a StageError ends the run with its message and exit status 1, no traceback."""
     try:
-        fire.Fire(Commands)
+        fire.Fire(Commands, command=fire_arguments(sys.argv[1:]), name="python -m dataset_builder")
     except StageError as err:
         sys.exit(f"error: {err}")
 

@@ -1,9 +1,11 @@
-"""JSONL files written atomically, and append-only checkpoints that make long stages resumable.
+"""JSONL files written atomically, completeness marks, and append-only checkpoints that make long stages resumable.
 
-A stage's output appears only when complete (temp file + os.replace). A long stage appends each
-finished record to `<output>.partial` (one flushed line each); a rerun after a crash reads it back,
-skips the finished input records and finally writes the output in input order, so a resumed run
-gives the same bytes as an uninterrupted one.
+A stage's output appears only when complete (temp file + os.replace), and then its completeness mark
+`<output>.complete.json` (record count and SHA-256), written atomically after it: the next stage reads the
+file only if it is still what the stage finished, so a file cut or edited afterwards (`head -n`) is refused
+instead of read as a smaller corpus. A long stage appends each finished record to `<output>.partial`
+(one flushed line each); a rerun after a crash reads it back, skips the finished input records and
+finally writes the output in input order, so a resumed run gives the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from tqdm import tqdm
 
 from medsora.atomic_io import write_text_atomic
+
+from .errors import StageError
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -35,6 +39,51 @@ def write_jsonl(path: str, records: Iterable[dict[str, Any]]) -> int:
     lines = [dumps(r) + "\n" for r in records]
     write_text_atomic(path, "".join(lines))
     return len(lines)
+
+
+def mark_path(path: str) -> str:
+    """Where the completeness mark of the stage file `path` is written."""
+    return path + ".complete.json"
+
+
+def _count_and_hash(path: str) -> tuple[int, str]:
+    digest, records = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for line in f:
+            digest.update(line)
+            records += bool(line.strip())
+    return records, digest.hexdigest()
+
+
+def mark_complete(path: str, stage: str) -> None:
+    """Record, after the stage file `path` is written, what `stage` wrote: its record count and SHA-256."""
+    records, sha256 = _count_and_hash(path)
+    mark = {"file": os.path.basename(path), "stage": stage, "records": records, "sha256": sha256}
+    write_text_atomic(mark_path(path), json.dumps(mark, indent=1) + "\n")
+
+
+def check_complete(path: str, reader: str, writer: str, rerun: str) -> None:
+    """Refuse the stage file `path` unless it is what stage `writer` finished (its completeness mark matches).
+
+    Raises:
+        StageError: of stage `reader`, naming the file, what is wrong, and `rerun`, the command that writes it.
+    """
+    if not os.path.exists(mark_path(path)):
+        raise StageError(
+            reader,
+            f"input {path} has no completeness mark ({mark_path(path)}): stage {writer} did not "
+            f"finish writing it; re-run `{rerun}`",
+        )
+    with open(mark_path(path), encoding="utf-8") as f:
+        mark = json.load(f)
+    records, sha256 = _count_and_hash(path)
+    if (records, sha256) != (mark.get("records"), mark.get("sha256")):
+        raise StageError(
+            reader,
+            f"input {path} is not the file stage {writer} wrote: it holds {records} records (SHA-256 {sha256[:12]}), "
+            f"{writer} wrote {mark.get('records')} (SHA-256 {str(mark.get('sha256'))[:12]}); it was cut or changed "
+            f"since; re-run `{rerun}`",
+        )
 
 
 class Checkpoint:

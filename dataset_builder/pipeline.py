@@ -2,6 +2,7 @@
 
 Layout of an output directory:
     stages/01_retrieved.jsonl .. 05_dedup.jsonl   each stage's output, the next one's input
+    stages/<file>.complete.json                    written after each of them: records and SHA-256 of the whole file
     stages/<stage>.stats.json                      each stage's counts
     cache/llm/                                     LLM request/response cache (LLM mode)
     train.jsonl, test.jsonl, ood_test.jsonl, ood_train.jsonl, summary.json, DATASHEET.md
@@ -18,6 +19,8 @@ from medsora.atomic_io import write_text_atomic
 from . import chunk, dedup, generate, retrieve, split
 from . import filter as filter_stage
 from .datasheet import render_datasheet
+from .errors import StageError
+from .io import check_complete, mark_complete, write_jsonl
 
 STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
 FILES = {
@@ -34,12 +37,21 @@ def stage_path(out: str, stage: str) -> str:
     return os.path.join(out, "stages", FILES[stage])
 
 
-def _input(out: str, stage: str) -> str:
-    previous = stage_path(out, STAGES[STAGES.index(stage) - 1])
-    if not os.path.exists(previous):
-        from .errors import StageError
+def write_stage_file(out: str, stage: str, records: list[dict[str, Any]]) -> str:
+    """Write `records` as `stage`'s output under `out`, then its completeness mark: what the next stage accepts."""
+    path = stage_path(out, stage)
+    write_jsonl(path, records)
+    mark_complete(path, stage)
+    return path
 
+
+def _input(out: str, stage: str) -> str:
+    """The previous stage's file, refused unless it is whole (see `io.check_complete`)."""
+    writer = STAGES[STAGES.index(stage) - 1]
+    previous = stage_path(out, writer)
+    if not os.path.exists(previous):
         raise StageError(stage, f"input {previous} does not exist; run the previous stage first")
+    check_complete(previous, stage, writer, f"python -m dataset_builder {writer} --out {out}")
     return previous
 
 
@@ -57,6 +69,8 @@ def run_stage(stage: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
         stats = dedup.run(cfg, _input(out, stage), stage_path(out, stage))
     else:
         stats = split.run(cfg, _input(out, stage), out)
+    if stage in FILES:
+        mark_complete(stage_path(out, stage), stage)
     write_text_atomic(os.path.join(out, "stages", f"{stage}.stats.json"), json.dumps(stats, indent=1) + "\n")
     if stage == "split":
         write_summary(cfg, out)

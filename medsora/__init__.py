@@ -22,11 +22,13 @@ __getattr__, __dir__ = lazy_submodules(
     __name__,
     (
         "atomic_io",
+        "checkpoints",
         "config_check",
         "determinism",
         "display",
         "evaluation",
         "image",
+        "literal_options",
         "organs",
         "query",
         "stages",

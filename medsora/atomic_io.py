@@ -5,24 +5,64 @@
 
 Used by everything that writes a result (weights, maps, reports, corpus stages): the temporary file is written in
 the destination directory, flushed to disk, given the permissions ``open()`` would, then renamed over ``path``.
+A writer killed outright (``kill -9``) leaves its temporary file behind; the temporary file names its writer's
+process, and the first write of a later run into that directory removes what writers no longer running left there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["atomic_write", "write_json_atomic", "write_text_atomic"]
+__all__ = ["TMP_PREFIX", "atomic_write", "remove_stale_temporaries", "write_json_atomic", "write_text_atomic"]
+
+TMP_PREFIX = ".tmp-"
+_STARTED = time.time()  # temporary files older than this run, of writers no longer running, are leftovers
+_swept: set[str] = set()
+
+
+def _writer_running(name: str) -> bool:
+    """Whether the process that named the temporary file ``name`` (``.tmp-PID-...``) still runs."""
+    pid = name[len(TMP_PREFIX) :].partition("-")[0]
+    if not pid.isdigit() or os.name != "posix":  # on Windows signal 0 is CTRL_C_EVENT, not a probe
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Delete the temporary files of :func:`atomic_write` in ``directory`` that are older than this run and whose
+    writer is gone; returns their paths."""
+    removed = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not (entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < _STARTED and not _writer_running(entry.name):
+                    os.remove(entry.path)
+                    removed.append(entry.path)
+    return removed
 
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp)`` on a temporary file in the destination directory, then rename it to ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+    if directory not in _swept:
+        remove_stale_temporaries(directory)
+        _swept.add(directory)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=directory)
     os.close(fd)
     try:
         write(tmp)

@@ -10,11 +10,12 @@ such error quotes the command from here, so the advice stays right when a config
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["PRODUCERS", "load_weights", "producer"]
+__all__ = ["PRODUCERS", "load_weights", "producer", "safe_load"]
 
 TRAIN_CONFIG = "bundle/configs/train.yaml"
 TEXT_CONFIGS = "\"['bundle/configs/train.yaml','bundle/configs/text.yaml']\""
@@ -42,6 +43,26 @@ def producer(path: str) -> str:
     return PRODUCERS[name]
 
 
+def safe_load(path: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; a file that fails it (damaged, cut, or holding more than tensors and
+    plain values, which may run code) is an error naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+        rerun = (
+            f" run `{PRODUCERS[os.path.basename(path)]}` to write it again;"
+            if os.path.basename(path) in PRODUCERS
+            else ""
+        )
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"{path} cannot be loaded as weights (torch.load with weights_only=True): it is damaged or holds more "
+            f"than tensors and plain values;{rerun} {reason}"
+        ) from e
+
+
 def load_weights(module: nn.Module, path: str, produced_by: str | None = None) -> nn.Module:
     """Load a stage's saved weights into ``module`` (in eval mode); a missing file names the command that writes it.
 
@@ -52,7 +73,7 @@ def load_weights(module: nn.Module, path: str, produced_by: str | None = None) -
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} not found: run `{produced_by or producer(path)}` first.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:

@@ -16,8 +16,11 @@ def test_training_writes_best_and_last_checkpoints_and_logs(tiny_bundle):
     assert (tiny_bundle["ckpt_dir"] / "model.pt").is_file()
     assert (tiny_bundle["ckpt_dir"] / "checkpoint_epoch=2.pt").is_file()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tiny_bundle["output_dir"]))
-    last = torch.load(tiny_bundle["ckpt_dir"] / "checkpoint_epoch=2.pt", weights_only=False)
-    assert set(last) == {"model", "optimizer", "lr_scheduler", "trainer"}
+    last = torch.load(tiny_bundle["ckpt_dir"] / "checkpoint_epoch=2.pt", weights_only=True)  # as a resume loads it
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "trainer", "best_model", "checkpointer"}
+    # the files kept, this one included, and the best validation score so far (its model.pt)
+    assert last["checkpointer"]["_saved"] == [(2, "checkpoint_epoch=2.pt")]
+    assert len(last["best_model"]["_saved"]) == 1 and 0 <= last["best_model"]["_saved"][0][0] <= 1
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # saved after epoch 2
     assert "Epoch[2] Metrics -- val_accuracy" in tiny_bundle["image_log"]
 

@@ -50,8 +50,13 @@ def test_unknown_override_keys():
         "train#trainer#max_epoch",
         "nothing#here",
     ]
-    # new entries inside an existing dictionary are allowed: the component they reach validates them
-    assert unknown_override_keys(keys, parser) == ["epoch", "nothing#here"]
+    # a new entry inside an existing dictionary is allowed unless it misspells a key there or the dictionary's
+    # _target_ takes no such keyword; each refused key comes with the closest valid one
+    assert unknown_override_keys(keys, parser) == {
+        "epoch": "epochs",
+        "train#trainer#max_epoch": "train#trainer#max_epochs",
+        "nothing#here": None,
+    }
 
 
 def test_cli_check_reads_the_command_line():

@@ -46,10 +46,12 @@ def train(dataset, ckpt_dir, epochs=3, stop_after=None, **overrides):
 
 @pytest.mark.slow
 def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, tmp_path):
-    straight = train(dataset, tmp_path / "straight")
-    interrupted = train(dataset, tmp_path / "interrupted", stop_after=2)
+    # a learning rate so small that the validation accuracy stays that of epoch 1: model.pt must stay epoch 1's
+    slow = {"learning_rate": 1e-6}
+    straight = train(dataset, tmp_path / "straight", **slow)
+    interrupted = train(dataset, tmp_path / "interrupted", stop_after=2, **slow)
     resumed = train(
-        dataset, tmp_path / "interrupted", resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt")
+        dataset, tmp_path / "interrupted", resume_from=str(tmp_path / "interrupted" / "checkpoint_epoch=2.pt"), **slow
     )
     assert (
         resumed["trainer"]["iteration"] == straight["trainer"]["iteration"] == 3 * straight["trainer"]["epoch_length"]
@@ -58,6 +60,17 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, t
         torch.testing.assert_close(resumed["model"][name], weight, rtol=0, atol=0, msg=name)
     # the resumed run did train: epoch 3 moved the weights on from the interruption
     assert any(not torch.equal(interrupted["model"][n], w) for n, w in resumed["model"].items())
+    # it knew the best validation score so far, and wrote every file as the uninterrupted run did, byte for byte:
+    # model.pt (the best epoch's network, replaced only by a better one) and the last checkpoint, no stale one
+    assert resumed["best_model"] == straight["best_model"]
+    best = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    assert any(not torch.equal(best[n], w) for n, w in straight["model"].items())  # model.pt is not the last epoch
+    files = {
+        run: sorted(p.name for p in (tmp_path / run).iterdir() if p.is_file()) for run in ("straight", "interrupted")
+    }
+    assert files["straight"] == files["interrupted"] == ["checkpoint_epoch=3.pt", "model.pt"]
+    for name in files["straight"]:
+        assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "interrupted" / name).read_bytes(), name
 
 
 @pytest.mark.slow

@@ -212,10 +212,11 @@ class OrganQueryOperator(Operator):
         if self._models is None:
             from monai.bundle import ConfigParser
 
+            from medsora.literal_options import literal_overrides
+
             parser = ConfigParser()
             parser.read_config(str(self.bundle_root / INFERENCE_CONFIG))
-            parser["bundle_root"] = str(self.bundle_root)
-            parser["label_convention"] = self.label_convention
+            parser.update(literal_overrides(bundle_root=str(self.bundle_root), label_convention=self.label_convention))
             names = ("query_model", "network_def", "preprocessing", "organ_labels", "ckpt_dir", "device")
             self._models = {name: parser.get_parsed_content(name) for name in names}
             _logger.info(f"Med-SORA bundle {self.bundle_root} loaded (label convention {self.label_convention}).")

@@ -22,6 +22,7 @@ from typing import Any
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medsora.atomic_io import write_json_atomic
+from medsora.literal_options import literal_overrides
 from medsora.text.soft_labels import LABEL_MODES, uses_anchors
 
 __all__ = ["Alignment", "ExperimentGrid", "slug"]
@@ -167,7 +168,9 @@ class ExperimentGrid:
                 "that directory to retrain it, or give another --evaluation#work_dir."
             )
         print(f"[evaluate] {run_id}: {os.path.relpath(run_dir, self.work_dir)}", flush=True)
-        workflow = ConfigWorkflow(config_file=config_files, workflow_type=None, run_id=run_id, **overrides)
+        workflow = ConfigWorkflow(
+            config_file=config_files, workflow_type=None, run_id=run_id, **literal_overrides(overrides)
+        )
         workflow.initialize()
         workflow.run()
         workflow.finalize()
@@ -214,10 +217,10 @@ class ExperimentGrid:
         """The parsed config of a trained query model, for figures: its corpus, networks and weights."""
         parser = ConfigParser()
         parser.read_config(self.config_files(alignment.structure, "text.yaml"))
-        for key, value in self.run_overrides(
+        overrides = self.run_overrides(
             self.alignment_dir(alignment), alignment.seed, alignment.encoder, alignment.labeling
-        ).items():
-            parser[key] = value
+        )
+        parser.update(literal_overrides(overrides))
         return parser
 
     def run(self) -> dict[int, dict[str, Any]]:

@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from monai.data import ITKReader, load_decathlon_datalist
 
 from medsora.image import phantom
+from medsora.image.file_checks import check_dicom_series, check_geometry, load_nifti_header
 
 __all__ = ["prepare_dataset", "load_datalist", "case_datalist", "check_pair", "image_grid"]
 
@@ -47,15 +47,6 @@ def prepare_dataset(dataset_dir: str, phantom_dir: str, phantom_kwargs: Mapping[
     return datalist_file
 
 
-def _header(path: str) -> nib.spatialimages.SpatialImage:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist.")
-    try:
-        return nib.load(path)
-    except Exception as e:  # nibabel raises several types for unreadable files
-        raise ValueError(f"{path} is not a readable NIfTI image: {e}") from e
-
-
 def _dicom_grid(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     """Spatial shape and voxel-to-RAS affine of the DICOM series in directory ``path``, read as ``LoadImaged`` does.
 
@@ -64,23 +55,45 @@ def _dicom_grid(path: str) -> tuple[tuple[int, ...], np.ndarray]:
     """
     reader = ITKReader()
     try:
-        _, meta = reader.get_data(reader.read(path))
-    except Exception as e:  # ITK and MONAI raise several types for directories without a readable series
+        files = _series_files(path)
+    except Exception as e:  # ITK raises several types for directories without a readable series
         raise ValueError(f"{path} is a directory but holds no DICOM series that ITK can read: {e}") from e
-    return tuple(int(n) for n in meta["spatial_shape"][:3]), np.asarray(meta["affine"], dtype=np.float64)
+    check_dicom_series(path, files)
+    try:
+        _, meta = reader.get_data(reader.read(path))
+    except Exception as e:  # ITK and MONAI raise several types for series they cannot read
+        raise ValueError(f"{path} is a directory but holds no DICOM series that ITK can read: {e}") from e
+    return tuple(int(n) for n in meta["spatial_shape"]), np.asarray(meta["affine"], dtype=np.float64)
+
+
+def _series_files(path: str) -> list[str]:
+    """The slice files of the series ``ITKReader`` reads from directory ``path`` (its first one), in its order."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")  # Series Date, as ITKReader
+    names.SetDirectory(path)
+    series = names.GetSeriesUIDs()
+    if not series:
+        raise RuntimeError("no DICOM series found")
+    return [str(f) for f in names.GetFileNames(series[0])]
 
 
 def image_grid(path: str) -> tuple[tuple[int, ...], np.ndarray] | None:
-    """Spatial shape and voxel-to-RAS affine of a NIfTI file (header only) or a DICOM series directory.
+    """Spatial shape and voxel-to-RAS affine of a NIfTI file (header only) or a DICOM series directory, checked: a
+    whole file, 3D, a plausible spacing (``file_checks``).
 
     Returns ``None`` for other single files (``.dcm``, ``.nrrd``, ...), which are left to the reader.
     """
     if path.endswith(NIFTI_SUFFIXES):
-        header = _header(path)
-        return tuple(int(n) for n in header.shape[:3]), np.asarray(header.affine, dtype=np.float64)
-    if os.path.isdir(path):
-        return _dicom_grid(path)
-    return None
+        header = load_nifti_header(path)
+        shape, affine = header.shape, np.asarray(header.affine, dtype=np.float64)
+    elif os.path.isdir(path):
+        shape, affine = _dicom_grid(path)
+    else:
+        return None
+    return check_geometry(path, shape, affine), affine
 
 
 def check_pair(image_path: str, label_path: str, atol: float = 1e-3) -> None:

@@ -9,16 +9,21 @@ import logging
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, SpatialCrop
 from monai.transforms.utils import generate_spatial_bounding_box
 
+from medsora.image.label_anatomy import check_label_convention
 from medsora.organs import label_convention
 
 __all__ = ["OrganMaskd", "label_convention", "source_name"]  # label_convention: re-exported for configs
 
 logger = logging.getLogger(__name__)
+
+#: how far from a whole number a label map value may be (float storage) and still be an id
+ID_TOLERANCE = 1e-3
 
 
 def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
@@ -32,7 +37,9 @@ class OrganMaskd(MapTransform):
 
     The label map's ids are mapped to organs by ``organ_labels`` (a config-level mapping, so BTCV, TotalSegmentator or
     a user's own ids need no code). The organ's position in ``organ_labels`` is its class index. An organ absent from
-    the label map yields no sample and a warning: it is never guessed.
+    the label map yields no sample and a warning: it is never guessed. A label map whose values are not whole ids,
+    an image with NaN or infinite voxels, and a label map that shows the abdomen's anatomy only in another of
+    ``label_conventions`` (``label_anatomy``) are refused, naming the file.
 
     Each output sample is a copy of the input dictionary where ``keys`` hold the masked crop, ``mask_key`` the organ's
     binary mask on the same crop, ``label_key`` the organ's class index (shape ``(1,)``) and ``organ_key`` its name.
@@ -47,6 +54,9 @@ class OrganMaskd(MapTransform):
         min_voxels: organs with fewer voxels are treated as absent.
         mask_key: output key of the cropped organ mask.
         organ_key: output key of the organ name.
+        label_conventions: every configured convention (name -> ``organ_labels``, ``known_labels``), to name the
+            one a label map fits when it contradicts the anatomy in the chosen one; ``None`` only warns.
+        label_convention: the name of the chosen convention (the one ``organ_labels`` comes from).
     """
 
     def __init__(
@@ -59,6 +69,8 @@ class OrganMaskd(MapTransform):
         min_voxels: int = 1,
         mask_key: str = "mask",
         organ_key: str = "organ",
+        label_conventions: Mapping[str, Mapping[str, Any]] | None = None,
+        label_convention: str | None = None,
     ) -> None:
         super().__init__(keys)
         if not organ_labels:
@@ -70,15 +82,32 @@ class OrganMaskd(MapTransform):
         self.min_voxels = min_voxels
         self.mask_key = mask_key
         self.organ_key = organ_key
+        self.label_conventions = label_conventions
+        self.label_convention = label_convention
 
     def _check(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
-        label = torch.as_tensor(data[self.label_key]).round().long()
+        raw = torch.as_tensor(data[self.label_key])
+        label = raw.round().long()
         label_file = source_name(data, self.label_key)
+        off = (raw - label).abs() > ID_TOLERANCE
+        if off.any():
+            values = torch.unique(raw[off].float())
+            raise ValueError(
+                f"label map {label_file} holds {int(off.sum())} voxels whose values are not whole label ids "
+                f"(e.g. {[round(v, 4) for v in values[:5].tolist()]}); a label map holds integer ids, not scaled or "
+                "interpolated ones."
+            )
         for key in self.key_iterator(data):
             if tuple(data[key].shape[1:]) != tuple(label.shape[1:]):
                 raise ValueError(
                     f"image {source_name(data, key)} has spatial shape {tuple(data[key].shape[1:])} but label map "
                     f"{label_file} has {tuple(label.shape[1:])}; they must be on the same grid."
+                )
+            bad = ~torch.isfinite(torch.as_tensor(data[key]))
+            if bad.any():
+                raise ValueError(
+                    f"image {source_name(data, key)} has {int(bad.sum())} voxels that are NaN or infinite (after "
+                    "resampling); a CT holds finite Hounsfield units."
                 )
         if self.known_labels is not None:
             unknown = sorted(set(torch.unique(label).tolist()) - self.known_labels)
@@ -87,6 +116,15 @@ class OrganMaskd(MapTransform):
                     f"label map {label_file} contains unknown label ids {unknown}; this label convention expects "
                     f"ids in {sorted(self.known_labels)}; is it in another label convention (--label_convention)?"
                 )
+        affine = getattr(data[self.label_key], "affine", None)
+        check_label_convention(
+            label[0],
+            None if affine is None else np.asarray(affine, dtype=np.float64),
+            self.organ_labels,
+            label_file,
+            self.label_conventions,
+            self.label_convention,
+        )
         return label
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:

@@ -38,6 +38,7 @@ import torch
 from torch.nn import functional as F
 
 from medsora.image.networks import ViTEncoder
+from medsora.stages import safe_load
 
 __all__ = ["load_vit_weights", "init_encoder", "resize_position_embeddings"]
 
@@ -108,7 +109,7 @@ def _read_weight_file(path: str) -> StateDict:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path)
     # training checkpoints often nest the weights under one of these keys
     for key in ("model", "state_dict", "module"):
         if isinstance(state.get(key), dict):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from typing import Any
 
@@ -14,7 +15,11 @@ MAX_TEXT_CHARS = 10_000
 
 
 def parse_query_lines(data: bytes) -> list[tuple[dict[str, Any], str | None]]:
-    """Split a JSONL file's bytes into ``(record, error)`` per line; ``error`` is ``None`` for a usable query."""
+    """Split a JSONL file's bytes into ``(record, error)`` per line; ``error`` is ``None`` for a usable query.
+
+    A UTF-8 byte order mark before the first line is skipped, as ``utf-8-sig`` reads it.
+    """
+    data = data.removeprefix(codecs.BOM_UTF8)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -34,7 +39,10 @@ def parse_query_lines(data: bytes) -> list[tuple[dict[str, Any], str | None]]:
         except json.JSONDecodeError as e:
             parsed.append(({}, f"line is not JSON ({e.msg})"))
             continue
-        if not isinstance(record, dict):
+        unpaired = _lone_surrogate(record)
+        if unpaired:
+            parsed.append(({}, f"line holds {unpaired}, an unpaired UTF-16 surrogate: not a character"))
+        elif not isinstance(record, dict):
             parsed.append(({}, f"line is JSON {type(record).__name__}, expected an object with a 'text' field"))
         elif "text" not in record:
             parsed.append((record, "no 'text' field"))
@@ -45,3 +53,10 @@ def parse_query_lines(data: bytes) -> list[tuple[dict[str, Any], str | None]]:
         else:
             parsed.append((record, None))
     return parsed
+
+
+def _lone_surrogate(record: Any) -> str | None:
+    """The first unpaired UTF-16 surrogate (``\\ud800``-``\\udfff``) in ``record`` as its escape, or ``None``: JSON
+    escapes allow one, but it is no character (UTF-8 cannot write it, the tokenizer cannot read it)."""
+    found = next((char for char in json.dumps(record, ensure_ascii=False) if "\ud800" <= char <= "\udfff"), None)
+    return None if found is None else f"\\u{ord(found):04x}"

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medsora.organs import rank_organs
+from medsora.query.readability import QueryVocabulary
 from medsora.text.alignment import TextImageAligner
 
 __all__ = ["OrganQuery"]
@@ -25,9 +26,18 @@ class OrganQuery:
         aligner: trained aligner (see ``alignment.load_weights``).
         organs: organ names in class-index order.
         batch_size: texts encoded per call.
+        vocabulary: the words the model can read (``readability.QueryVocabulary``); a text mostly of other words is
+            out of domain. ``None``: the domain gate alone decides.
     """
 
-    def __init__(self, encoder: Any, aligner: TextImageAligner, organs: Sequence[str], batch_size: int = 128) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        aligner: TextImageAligner,
+        organs: Sequence[str],
+        batch_size: int = 128,
+        vocabulary: QueryVocabulary | None = None,
+    ) -> None:
         if aligner.encoder_id and aligner.encoder_id != encoder.model_id:
             raise ValueError(
                 f"the query model was trained with text encoder {aligner.encoder_id!r} but the configured encoder is "
@@ -35,6 +45,7 @@ class OrganQuery:
             )
         self.encoder, self.aligner, self.organs = encoder, aligner.eval(), list(organs)
         self.batch_size = batch_size
+        self.vocabulary = vocabulary
 
     @property
     def threshold(self) -> float:
@@ -48,6 +59,8 @@ class OrganQuery:
             embeddings = torch.as_tensor(self.encoder.encode(list(texts[start : start + self.batch_size]))).float()
             scores.append(self.aligner.organ_scores(embeddings, organ_features).numpy())
             flags.append(self.aligner.in_domain(embeddings).numpy())
+        if self.vocabulary is not None:
+            return self.vocabulary.gate(texts, np.concatenate(scores), np.concatenate(flags))
         return np.concatenate(scores), np.concatenate(flags)
 
     def answer(self, scores: np.ndarray, in_domain: bool) -> dict[str, Any]:

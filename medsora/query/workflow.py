@@ -74,7 +74,9 @@ def run_query(
         with open(queries_file, "rb") as f:
             records = parse_query_lines(f.read())
     else:
-        records = parse_query_lines(json.dumps({"text": text}, ensure_ascii=False).encode("utf-8"))
+        # an unpaired surrogate (from undecodable command-line bytes) stays a JSON escape, to get the line's error
+        line = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        records = parse_query_lines(line)
     organ_features, absent = None, []
     if image is not None or label is not None:
         if image_network is None or image_weights is None or preprocessing is None or organ_labels is None:

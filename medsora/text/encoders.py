@@ -172,6 +172,14 @@ class HFTextEncoder:
             f":normalize={self.normalize}:max_length={self.max_length}"
         )
 
+    def words(self) -> frozenset[str]:
+        """The whole words of the tokenizer's vocabulary, lower case (no word pieces): words the encoder was trained
+        to read, which ``medsora.query.readability`` counts as known."""
+        from transformers import AutoTokenizer
+
+        tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        return frozenset(token.lower() for token in tokenizer.get_vocab() if token.isalpha())
+
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer

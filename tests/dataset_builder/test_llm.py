@@ -12,8 +12,8 @@ import pytest
 from loopback_servers import Loopback, chat_completion, openai_error
 
 from dataset_builder.errors import StageError
-from dataset_builder.io import read_jsonl, write_jsonl
-from dataset_builder.pipeline import run_stage, stage_path
+from dataset_builder.io import read_jsonl
+from dataset_builder.pipeline import run_stage, stage_path, write_stage_file
 
 SECRET = "sk-test-SECRET-do-not-leak-1234"
 
@@ -77,7 +77,7 @@ def good_answer(body: bytes) -> str:
 @pytest.fixture
 def stage_dir(tmp_path: Any) -> str:
     out = str(tmp_path / "corpus")
-    write_jsonl(stage_path(out, "chunk"), [chunk(i) for i in range(3)])
+    write_stage_file(out, "chunk", [chunk(i) for i in range(3)])
     return out
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from dataset_builder import ORGANS
-from dataset_builder.io import dumps, read_jsonl, write_jsonl
-from dataset_builder.pipeline import run_stage, stage_path
+from dataset_builder.io import dumps, read_jsonl
+from dataset_builder.pipeline import run_stage, stage_path, write_stage_file
 from dataset_builder.split import OOD_KEYS, TEST_KEYS, TRAIN_KEYS, leakage_regex, project
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "dataset_builder", "corpus")
@@ -75,7 +75,7 @@ def gallbladder(retrieved: str, records: list[dict[str, Any]], tmp_path_factory:
     from dataset_builder.config import load_config
 
     out = str(tmp_path_factory.mktemp("gallbladder"))
-    write_jsonl(stage_path(out, "retrieve"), [r for r in records if r["organ"] == "gallbladder"])
+    write_stage_file(out, "retrieve", [r for r in records if r["organ"] == "gallbladder"])
     cfg = load_config(CONFIG)
     for stage in ("chunk", "filter", "generate"):
         run_stage(stage, cfg, out)

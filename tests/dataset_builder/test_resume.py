@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from loopback_servers import Loopback, chat_completion
 
-from dataset_builder.io import Checkpoint, read_jsonl, write_jsonl
-from dataset_builder.pipeline import stage_path
+from dataset_builder.io import Checkpoint, read_jsonl
+from dataset_builder.pipeline import stage_path, write_stage_file
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 N = 30
@@ -51,7 +51,7 @@ def prepare(tmp: str, cfg: dict[str, Any], url: str) -> tuple[str, str]:
         }
         for i in range(N)
     ]
-    write_jsonl(stage_path(out, "filter"), chunks)
+    write_stage_file(out, "filter", chunks)
     return config, out
 
 

@@ -27,6 +27,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from medsora.literal_options import literal_overrides
 from medsora.stages import load_weights
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,7 @@ def bundle_objects(bundle_root: str, label_convention: str) -> dict[str, Any]:
         )
     parser = ConfigParser()
     parser.read_config(config_file)
-    parser["bundle_root"] = bundle_root
-    parser["label_convention"] = label_convention
+    parser.update(literal_overrides(bundle_root=bundle_root, label_convention=label_convention))
 
     weights = os.path.join(bundle_root, "models", "model.pt")
     network = load_weights(parser.get_parsed_content("network_def"), weights)
