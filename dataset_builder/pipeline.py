@@ -5,6 +5,7 @@ Layout of an output directory:
     stages/<stage>.stats.json                      each stage's counts
     cache/llm/                                     LLM request/response cache (LLM mode)
     train.jsonl, test.jsonl, ood_test.jsonl, ood_train.jsonl, summary.json, DATASHEET.md
+    clinical_train.jsonl, clinical_ood_train.jsonl  texts composed from the presentation table (stage clinical)
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 
 from medsora.atomic_io import write_text_atomic
 
-from . import chunk, dedup, generate, retrieve, split
+from . import chunk, clinical, dedup, generate, retrieve, split
 from . import filter as filter_stage
 from .datasheet import render_datasheet
 
-STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
+# clinical reads no stage file: it composes texts from the presentation table, after the ontology corpus is split
+STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split", "clinical")
 FILES = {
     "retrieve": "01_retrieved.jsonl",
     "chunk": "02_chunks.jsonl",
@@ -55,10 +57,13 @@ def run_stage(stage: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
         stats = generate.run(cfg, _input(out, stage), stage_path(out, stage), out)
     elif stage == "dedup":
         stats = dedup.run(cfg, _input(out, stage), stage_path(out, stage))
-    else:
+    elif stage == "split":
         stats = split.run(cfg, _input(out, stage), out)
+    else:
+        stats = clinical.run(cfg, out)
+    os.makedirs(os.path.join(out, "stages"), exist_ok=True)
     write_text_atomic(os.path.join(out, "stages", f"{stage}.stats.json"), json.dumps(stats, indent=1) + "\n")
-    if stage == "split":
+    if stage in ("split", "clinical"):
         write_summary(cfg, out)
     return stats
 
@@ -85,6 +90,7 @@ def write_summary(cfg: dict[str, Any], out: str) -> dict[str, Any]:
             "split": stats.get("split", {}).get("dropped", {}),
         },
         "retrieved": stats.get("retrieve", {}).get("by_source_organ", {}),
+        "clinical": stats.get("clinical", {}),
         "llm_cache_hits": sum(s.get("cache_hits", 0) for s in llm),
         "llm_calls": sum(s.get("calls", 0) for s in llm),
     }
