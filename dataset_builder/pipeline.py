@@ -63,7 +63,9 @@ def run_stage(stage: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
         stats = clinical.run(cfg, out)
     os.makedirs(os.path.join(out, "stages"), exist_ok=True)
     write_text_atomic(os.path.join(out, "stages", f"{stage}.stats.json"), json.dumps(stats, indent=1) + "\n")
-    if stage in ("split", "clinical"):
+    # the summary describes a whole build: clinical alone, into a directory without one, writes only its own files
+    built = os.path.exists(os.path.join(out, "stages", "split.stats.json"))
+    if stage == "split" or (stage == "clinical" and built):
         write_summary(cfg, out)
     return stats
 
