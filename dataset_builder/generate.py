@@ -103,7 +103,8 @@ def run(cfg: dict[str, Any], in_path: str, out_path: str, work_dir: str) -> dict
                 )
                 method = {"method": "offline-templates", "findings": _finding_ids(item["findings"])}
                 record = text_record(chunk, item["text"], item["content"], item["findings"], labels, method)
-                out.append({**record, "specificity": specificity(chunk["organ"], item["findings"])})
+                record["specificity"] = specificity(chunk["organ"], item["findings"])
+                out.append({**record, "extra": True} if item.get("extra") else record)
             return out
 
     results = run_resumable(chunks, work, out_path, "generate", fingerprint(cfg, in_path))

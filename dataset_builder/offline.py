@@ -17,6 +17,7 @@ ICD_NOISE = re.compile(
 )
 BRACKETED = re.compile(r"\s*\[[^\]]*\]")  # ICD-10-CM's "[K]", "[NOS]" qualifiers
 ABBREVIATION = re.compile(r"^[A-Z0-9-]{2,}$")
+CROSS_REFERENCE = re.compile(r"\blisted (in|under)\b", re.IGNORECASE)  # "Any condition listed in K80.2 with ..."
 
 
 def tidy(phrase: str) -> str:
@@ -34,6 +35,8 @@ def phrasings(finding: dict[str, Any]) -> list[str]:
     """Distinct usable phrasings of a finding: its name, then its synonyms (not bare abbreviations)."""
     out: list[str] = []
     for raw in [finding["name"], *finding.get("synonyms", [])]:
+        if CROSS_REFERENCE.search(raw):
+            continue
         phrase = tidy(raw)
         if len(phrase) < 4 or ABBREVIATION.match(phrase) or phrase.lower() in (p.lower() for p in out):
             continue
@@ -71,55 +74,56 @@ def render(phrases: list[str], templates: dict[str, list[str]], rng: random.Rand
     return text[0].upper() + text[1:]
 
 
-def _distinct_sets(candidates: list[list[int]], limit: int) -> list[list[int]]:
+def _distinct_sets(candidates: list[list[int]], limit: int, taken: list[list[int]] | None = None) -> list[list[int]]:
+    """The first ``limit`` candidate sets that differ from each other and from the ``taken`` ones."""
+    seen = [sorted(s) for s in taken or []]
     out: list[list[int]] = []
     for chosen in candidates:
-        if sorted(chosen) not in [sorted(s) for s in out]:
+        if sorted(chosen) not in seen:
             out.append(chosen)
+            seen.append(sorted(chosen))
         if len(out) == limit:
             break
     return out
 
 
-def finding_sets(record: dict[str, Any], gcfg: dict[str, Any], rng: random.Random) -> list[list[int]]:
+def finding_sets(
+    record: dict[str, Any],
+    size: int,
+    n_led: int,
+    n_plain: int,
+    rng: random.Random,
+    taken: list[list[int]] | None = None,
+) -> list[list[int]]:
     """Which findings (indices) go together in each text of a record, distinct sets only.
 
-    A disease gives texts led by one of its organ findings with one or two other findings, and texts
-    made only of its presenting findings (two or three of them).
+    A disease gives ``n_led`` texts led by one of its organ findings with one or two other findings, and
+    ``n_plain`` texts made only of its presenting findings (two or three of them), none the same as a ``taken``
+    set. Any other record gives one text of its one finding.
     """
     findings = record["findings"]
     if record["kind"] != "disease" or len(findings) == 1:
         return [[0]]
     anchors = max(int(record.get("anchors", 1)), 1)
-    size = int(gcfg["max_findings_per_text"])
     led = []
-    for i in range(int(gcfg["texts_per_disease"]) * 3):
+    for i in range(n_led * 3):
         others = [j for j in range(len(findings)) if j != i % anchors]
         led.append([i % anchors] + sorted(rng.sample(others, min(rng.randint(1, size - 1), len(others)))))
     presenting = list(range(anchors, len(findings)))
     plain = (
-        [
-            sorted(rng.sample(presenting, min(rng.randint(2, size), len(presenting))))
-            for _ in range(int(gcfg["texts_per_disease_presentation"]) * 3)
-        ]
+        [sorted(rng.sample(presenting, min(rng.randint(2, size), len(presenting)))) for _ in range(n_plain * 3)]
         if len(presenting) >= 2
         else []
     )
-    return _distinct_sets(led, int(gcfg["texts_per_disease"])) + _distinct_sets(
-        plain, int(gcfg["texts_per_disease_presentation"])
-    )
+    led = _distinct_sets(led, n_led, taken)
+    return led + _distinct_sets(plain, n_plain, (taken or []) + led)
 
 
-def generate_offline(record: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Texts of one filtered record: each with the phrases used and the findings they came from.
-
-    A single finding gives one text (its name or, as often, a synonym: the lay phrasings); two
-    texts of one finding in other words would only be a paraphrase, which dedup drops anyway.
-    """
-    rng = random.Random(f"{cfg['seed']}:{record['id']}")
-    options = [phrasings(f) for f in record["findings"]]
+def _texts(
+    record: dict[str, Any], sets: list[list[int]], options: list[list[str]], cfg: dict[str, Any], rng: random.Random
+) -> list[dict[str, Any]]:
     out = []
-    for indices in finding_sets(record, cfg["generate"], rng):
+    for indices in sets:
         if not all(options[i] for i in indices):
             continue
         phrases = pick_phrases(indices, options, rng)
@@ -130,4 +134,28 @@ def generate_offline(record: dict[str, Any], cfg: dict[str, Any]) -> list[dict[s
                 "findings": [record["findings"][i] for i in indices],
             }
         )
+    return out
+
+
+def generate_offline(record: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Texts of one filtered record: each with the phrases used and the findings they came from.
+
+    A single finding gives one text (its name or, as often, a synonym: the lay phrasings); two
+    texts of one finding in other words would only be a paraphrase, which dedup drops anyway.
+    A disease of an organ the sources leave short gets further texts, other combinations of its findings
+    (``generate.extra_texts_per_disease`` and ``extra_texts_per_disease_presentation``), marked ``extra``:
+    they come from a random stream of their own, so the first texts are the same with or without them.
+    """
+    gcfg = cfg["generate"]
+    size = int(gcfg["max_findings_per_text"])
+    rng = random.Random(f"{cfg['seed']}:{record['id']}")
+    options = [phrasings(f) for f in record["findings"]]
+    sets = finding_sets(record, size, int(gcfg["texts_per_disease"]), int(gcfg["texts_per_disease_presentation"]), rng)
+    out = _texts(record, sets, options, cfg, rng)
+    n_led = int((gcfg.get("extra_texts_per_disease") or {}).get(record["organ"], 0))
+    n_plain = int((gcfg.get("extra_texts_per_disease_presentation") or {}).get(record["organ"], 0))
+    if (n_led or n_plain) and record["kind"] == "disease" and len(record["findings"]) > 1:
+        rng = random.Random(f"{cfg['seed']}:{record['id']}:extra")
+        more = finding_sets(record, size, n_led, n_plain, rng, taken=sets)
+        out += [{**text, "extra": True} for text in _texts(record, more, options, cfg, rng)]
     return out

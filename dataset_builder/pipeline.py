@@ -6,6 +6,7 @@ Layout of an output directory:
     stages/<stage>.stats.json                      each stage's counts
     cache/llm/                                     LLM request/response cache (LLM mode)
     train.jsonl, test.jsonl, ood_test.jsonl, ood_train.jsonl, summary.json, DATASHEET.md
+    clinical_train.jsonl, clinical_ood_train.jsonl  texts composed from the presentation table (stage clinical)
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any
 
 from medsora.atomic_io import write_text_atomic
 
-from . import chunk, dedup, generate, retrieve, split
+from . import chunk, clinical, dedup, generate, retrieve, split
 from . import filter as filter_stage
 from .datasheet import render_datasheet
 from .errors import StageError
 from .io import check_complete, mark_complete, write_jsonl
 
-STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split")
+# clinical reads no stage file: it composes texts from the presentation table, after the ontology corpus is split
+STAGES = ("retrieve", "chunk", "filter", "generate", "dedup", "split", "clinical")
 FILES = {
     "retrieve": "01_retrieved.jsonl",
     "chunk": "02_chunks.jsonl",
@@ -67,12 +69,17 @@ def run_stage(stage: str, cfg: dict[str, Any], out: str) -> dict[str, Any]:
         stats = generate.run(cfg, _input(out, stage), stage_path(out, stage), out)
     elif stage == "dedup":
         stats = dedup.run(cfg, _input(out, stage), stage_path(out, stage))
-    else:
+    elif stage == "split":
         stats = split.run(cfg, _input(out, stage), out)
+    else:
+        stats = clinical.run(cfg, out)
     if stage in FILES:
         mark_complete(stage_path(out, stage), stage)
+    os.makedirs(os.path.join(out, "stages"), exist_ok=True)
     write_text_atomic(os.path.join(out, "stages", f"{stage}.stats.json"), json.dumps(stats, indent=1) + "\n")
-    if stage == "split":
+    # the summary describes a whole build: clinical alone, into a directory without one, writes only its own files
+    built = os.path.exists(os.path.join(out, "stages", "split.stats.json"))
+    if stage == "split" or (stage == "clinical" and built):
         write_summary(cfg, out)
     return stats
 
@@ -99,6 +106,7 @@ def write_summary(cfg: dict[str, Any], out: str) -> dict[str, Any]:
             "split": stats.get("split", {}).get("dropped", {}),
         },
         "retrieved": stats.get("retrieve", {}).get("by_source_organ", {}),
+        "clinical": stats.get("clinical", {}),
         "llm_cache_hits": sum(s.get("cache_hits", 0) for s in llm),
         "llm_calls": sum(s.get("calls", 0) for s in llm),
     }

@@ -11,7 +11,16 @@ import sys
 import tempfile
 from typing import Any
 
-PUBLISHED = ("train.jsonl", "test.jsonl", "ood_test.jsonl", "ood_train.jsonl", "summary.json", "DATASHEET.md")
+PUBLISHED = (
+    "train.jsonl",
+    "test.jsonl",
+    "ood_test.jsonl",
+    "ood_train.jsonl",
+    "clinical_train.jsonl",
+    "clinical_ood_train.jsonl",
+    "summary.json",
+    "DATASHEET.md",
+)
 
 
 def compare(corpus: str, rebuilt: str) -> list[str]:

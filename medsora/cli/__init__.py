@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "one_line"]
+__all__ = ["entry_point", "main"]
 
 #: options every verb accepts besides its own
 GLOBAL_FLAGS = ("--debug",)
@@ -27,14 +27,6 @@ HELP_FLAGS = ("--help", "-h")
 
 class UsageError(ValueError):
     """A command line that names no verb or an option the verb does not have."""
-
-
-def one_line(error: BaseException) -> str:
-    """The message a user needs: the innermost cause of a chain (MONAI wraps config errors in its own), on one line."""
-    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
-        error = error.__cause__ or error.__context__
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return " ".join(text.split()) or type(error).__name__
 
 
 def _verbs(commands: type) -> dict[str, inspect.Signature]:
@@ -122,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"medsora: error: {one_line(e)}", file=sys.stderr)
+        from medsora.config_check import error_message
+
+        print(f"medsora: error: {' '.join(error_message(e).split())}", file=sys.stderr)
         return 1
     return 0
 

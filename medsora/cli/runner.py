@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medsora.literal_options import literal_overrides
+
 __all__ = ["config_path", "find_bundle_root", "parse_configs", "quiet", "run_workflow"]
 
 BUNDLE_ENV = "MEDSORA_BUNDLE"
@@ -57,7 +59,7 @@ def parse_configs(bundle_root: str, config_files: Sequence[str], overrides: Mapp
     _quiet_loggers()
     parser = ConfigParser()
     parser.read_config([config_path(bundle_root, name) for name in config_files])
-    parser.update({"bundle_root": bundle_root, **overrides})
+    parser.update(literal_overrides({"bundle_root": bundle_root, **overrides}))
     return parser
 
 
@@ -72,8 +74,7 @@ def run_workflow(bundle_root: str, config_files: Sequence[str], run_id: str, ove
         run_id=run_id,
         logging_file=False,
         meta_file=config_path(bundle_root, "metadata.json"),
-        bundle_root=bundle_root,
-        **overrides,
+        **literal_overrides({"bundle_root": bundle_root, **overrides}),
     )
     workflow.initialize()
     try:

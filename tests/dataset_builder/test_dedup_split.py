@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from dataset_builder.dedup import deduplicate
+from dataset_builder.dedup import deduplicate, run
+from dataset_builder.io import read_jsonl, write_jsonl
 from dataset_builder.labels import organ_labels
 from dataset_builder.split import leakage_regex, split
 
@@ -55,6 +56,28 @@ def test_dedup_drops_the_same_findings_in_other_words() -> None:
     ]
     kept, dropped = deduplicate(records, num_perm=128, threshold=0.8, k=5)
     assert [r["id"] for r in kept] == ["t0", "t2"] and dropped["same findings"] == 1
+
+
+def test_dedup_stage_takes_extra_texts_last(tmp_path: Any) -> None:
+    """An extra text (generate.extra_texts_per_disease) never displaces another: dedup sees it after all others."""
+    records = [
+        rec(0, "Patient presents with pale stools and itching.", organ="gallbladder", extra=True),
+        rec(
+            1,
+            "Presents with pale stools and itching.",
+            organ="spleen",
+            content="Patient presents with pale stools and itching.",
+        ),
+        rec(2, "Seen for a tender mass.", organ="gallbladder", extra=True),
+    ]
+    write_jsonl(str(tmp_path / "in.jsonl"), records)
+    stats = run(
+        {"dedup": {"num_perm": 128, "threshold": 0.8, "shingle_chars": 5}},
+        str(tmp_path / "in.jsonl"),
+        str(tmp_path / "out.jsonl"),
+    )
+    assert [r["id"] for r in read_jsonl(str(tmp_path / "out.jsonl"))] == ["t1", "t2"]
+    assert stats["dropped"]["exact duplicate"] == 1
 
 
 def corpus(cfg: dict[str, Any]) -> list[dict[str, Any]]:
