@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+import torch
 from ignite.engine import Engine, Events
 from tqdm import tqdm
 
@@ -70,7 +71,7 @@ class StageProgress:
         output = engine.state.output  # a dict, or one dict per sample when the trainer decollates
         first = output[0] if isinstance(output, list) and output else output
         if isinstance(first, dict) and "loss" in first:
-            self._sum += float(first["loss"])
+            self._sum += float(torch.as_tensor(first["loss"]).detach())
             self._count += 1
 
     def _metric(self) -> tuple[str, Any, Any, int] | None:

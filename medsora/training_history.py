@@ -42,7 +42,7 @@ class LossHistory:
         self.epoch_loss.clear()
 
     def _accumulate(self, engine: Engine) -> None:
-        self._sum += float(engine.state.output["loss"])
+        self._sum += float(engine.state.output["loss"].detach())
         self._count += 1
 
     def _close_epoch(self, engine: Engine) -> None:

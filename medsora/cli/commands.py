@@ -52,7 +52,7 @@ def _image_summary(run_dir: str) -> str:
 def _text_summary(run_dir: str) -> str:
     test = _read_json(os.path.join(run_dir, "eval", "text_metrics.json"))["test"]
     return (
-        f"test Rank-1 {test['Med-SORA']['Rank-1']:.3f}, class-wise mAP {test['Med-SORA']['mAP']:.3f}, "
+        f"test Rank-1 {test['Med-SORA']['Rank-1']:.3f}, class-wise mAP {test['Med-SORA']['mAP (class-wise)']:.3f}, "
         f"out-of-domain AUROC {test['out-of-domain']['AUROC']:.3f}"
     )
 
