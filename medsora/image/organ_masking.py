@@ -16,7 +16,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from medsora.organs import label_convention
 
-__all__ = ["OrganMaskd", "label_convention", "source_name"]  # label_convention: re-exported for configs
+__all__ = ["OrganMaskd", "label_convention", "source_name", "touches_edge"]  # label_convention: re-exported for configs
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,15 @@ def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
+def touches_edge(mask: torch.Tensor) -> bool:
+    """Whether a channel-first mask has a voxel on any face of its volume: the scan cut the structure."""
+    spatial = mask.shape[1:]
+    return any(
+        bool(mask.narrow(axis + 1, 0, 1).any() or mask.narrow(axis + 1, size - 1, 1).any())
+        for axis, size in enumerate(spatial)
+    )
+
+
 class OrganMaskd(MapTransform):
     """Split a CT and its label map into one sample per organ: crop to the organ's box, zero everything outside it.
 
@@ -35,7 +44,8 @@ class OrganMaskd(MapTransform):
     the label map yields no sample and a warning: it is never guessed.
 
     Each output sample is a copy of the input dictionary where ``keys`` hold the masked crop, ``mask_key`` the organ's
-    binary mask on the same crop, ``label_key`` the organ's class index (shape ``(1,)``) and ``organ_key`` its name.
+    binary mask on the same crop, ``label_key`` the organ's class index (shape ``(1,)``), ``organ_key`` its name and
+    ``edge_key`` whether the organ touches the edge of the scan (a scan that covers it only partly: its shape is cut).
 
     Args:
         keys: image keys to crop and mask.
@@ -47,6 +57,7 @@ class OrganMaskd(MapTransform):
         min_voxels: organs with fewer voxels are treated as absent.
         mask_key: output key of the cropped organ mask.
         organ_key: output key of the organ name.
+        edge_key: output key of the flag telling that the organ reaches the scan's edge.
     """
 
     def __init__(
@@ -59,6 +70,7 @@ class OrganMaskd(MapTransform):
         min_voxels: int = 1,
         mask_key: str = "mask",
         organ_key: str = "organ",
+        edge_key: str = "cut_at_edge",
     ) -> None:
         super().__init__(keys)
         if not organ_labels:
@@ -70,6 +82,7 @@ class OrganMaskd(MapTransform):
         self.min_voxels = min_voxels
         self.mask_key = mask_key
         self.organ_key = organ_key
+        self.edge_key = edge_key
 
     def _check(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
         label = torch.as_tensor(data[self.label_key]).round().long()
@@ -108,6 +121,7 @@ class OrganMaskd(MapTransform):
             sample[self.mask_key] = organ_mask
             sample[self.label_key] = torch.tensor([index], dtype=torch.long)
             sample[self.organ_key] = organ
+            sample[self.edge_key] = touches_edge(mask)
             samples.append(sample)
         if not samples:
             raise ValueError(
