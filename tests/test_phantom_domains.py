@@ -32,7 +32,7 @@ def test_phases_change_intensities_not_anatomy():
     reference = phantom.generate_case(SEED, shape=SHAPE)
     for u, v in zip(cases["portal_venous"], reference):  # the reference phase is the reference phantom
         np.testing.assert_array_equal(u, v)
-    for phase, (image, label, affine) in cases.items():
+    for phase, (_, label, affine) in cases.items():
         np.testing.assert_array_equal(label, reference[1], err_msg=phase)  # same patient in every phase
         np.testing.assert_array_equal(affine, reference[2])
     mean = {phase: {k: _core_mean(c[0], c[1], [k]) for k in (1, 2, 6, 8)} for phase, c in cases.items()}
