@@ -17,8 +17,8 @@ SHAPE = (64, 64, 32)
 SEED = (2, 1)
 
 
-def _case(**domain):
-    return phantom.generate_case(SEED, shape=SHAPE, domain=CaseDomain(seed=11, **domain))
+def _case(shape=SHAPE, **domain):
+    return phantom.generate_case(SEED, shape=shape, domain=CaseDomain(seed=11, **domain))
 
 
 def _core_mean(image, label, ids):
@@ -76,8 +76,9 @@ def test_habitus_and_pathologies():
 
     thin, obese = _case(habitus="cachectic")[0], _case(habitus="obese")[0]
     assert body_width(obese) > body_width(thin) + 10
-    plain_image, plain_label, _ = _case()
-    sick_image, sick_label, _ = _case(pathologies=("splenomegaly", "fatty_liver", "stone"))
+    full = (128, 128, 64)  # stones of 3-10 mm need the full resolution
+    plain_image, plain_label, _ = _case(full)
+    sick_image, sick_label, _ = _case(full, pathologies=("splenomegaly", "fatty_liver", "stone"))
     assert (sick_label == 1).sum() > 1.5 * (plain_label == 1).sum()  # splenomegaly
     assert _core_mean(sick_image, sick_label, [6]) < _core_mean(plain_image, plain_label, [6]) - 30  # fatty liver
     stones = np.isin(sick_label, [2, 3, 4]) & (sick_image > 200)  # calcified, inside the gallbladder or a kidney

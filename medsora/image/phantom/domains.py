@@ -306,7 +306,7 @@ _FOCAL = {
         "hu": (25.0, 60.0),
         "relative": True,
     },
-    "stone": {"organs": (4, 2, 3), "count": (1, 4), "radius": (2.5, 7.0), "hu": (300.0, 1000.0), "relative": False},
+    "stone": {"organs": (4, 2, 3), "count": (1, 4), "radius": (1.5, 5.0), "hu": (200.0, 1000.0), "relative": False},
 }
 
 
