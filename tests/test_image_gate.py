@@ -98,26 +98,25 @@ def test_gate_file_errors_name_the_file_and_the_command(tmp_path):
 
 def _unseen_domain_ct(tmp_path):
     """A phantom CT no phantom domain makes: intensities remapped (fat bright, organs dark, as in no CT protocol)
-    and cut to 90 mm, so that several organs reach the scan's edge."""
-    case = phantom.CaseDomain(phase="non_contrast", z_coverage_mm=90.0, seed=5)
+    and cut to 130 mm, so that five organs reach the scan's edge."""
+    case = phantom.CaseDomain(phase="non_contrast", z_coverage_mm=130.0, seed=7)
     image, label, affine = phantom.generate_case((21, 1), shape=(96, 96, 48), domain=case)
     remapped = np.clip(180 - 1.5 * image.astype(np.float32), -1024, 3071).astype(np.int16)
     paths = {}
     for name, array in (("ct", remapped), ("labels", label)):
         paths[name] = str(tmp_path / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(array, affine), paths[name])
-    cut = [
-        o
-        for o, ids in zip(ORGANS, ([6], [11], [2, 3], [4], [1], [7], [12, 13]))
-        if np.isin(label[..., [0, -1]], ids).any()
-    ]
-    return paths["ct"], paths["labels"], cut
+    ids = dict(zip(ORGANS, ([6], [11], [2, 3], [4], [1], [7], [12, 13])))
+    faces = [label[0], label[-1], label[:, 0], label[:, -1], label[..., 0], label[..., -1]]
+    touching = {o for o, i in ids.items() if any(np.isin(face, i).any() for face in faces)}
+    surely_cut = {o for o, i in ids.items() if np.isin(label[..., [0, -1]], i).sum() >= 40}  # survive resampling
+    return paths["ct"], paths["labels"], touching, surely_cut
 
 
 @pytest.mark.slow
 def test_query_and_inference_on_an_unseen_domain(tiny_bundle, tmp_path):
-    image, label, cut = _unseen_domain_ct(tmp_path)
-    assert cut
+    image, label, touching, surely_cut = _unseen_domain_ct(tmp_path)
+    assert surely_cut
     text = "Colicky pain from the flank to the groin with blood in the urine"
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"text": text}) + "\n")
@@ -134,7 +133,8 @@ def test_query_and_inference_on_an_unseen_domain(tiny_bundle, tmp_path):
     text_only, _ = ask(models)
     answer, log = ask(models, *patient)
     gate = load_image_gate(str(models / "image_gate.json"))
-    assert set(answer["image_features"]) == set(ORGANS) and answer["cut_organs"] == cut
+    assert set(answer["image_features"]) == set(ORGANS)
+    assert surely_cut <= set(answer["cut_organs"]) <= touching  # the organs the scan's edge cuts
     for organ, seen in answer["image_features"].items():
         if seen["source"] == "reference":  # the network cannot read it: the text-only score, never worse
             assert answer["scores"][organ] == text_only["scores"][organ], organ
@@ -166,4 +166,4 @@ def test_query_and_inference_on_an_unseen_domain(tiny_bundle, tmp_path):
             seen["predicted"],
             seen["confidence"],
         )
-        assert entry["cut_at_edge"] == (organ in cut)
+        assert entry["cut_at_edge"] == (organ in answer["cut_organs"])
