@@ -28,6 +28,7 @@ def _text_stage(run_id: str) -> str:
 #: file name -> the command that writes it (into the bundle's ``models/``)
 PRODUCERS: dict[str, str] = {
     "model.pt": f"python -m monai.bundle run training --config_file {TRAIN_CONFIG}",
+    "image_gate.json": f"python -m monai.bundle run calibrate_image_gate --config_file {TRAIN_CONFIG}",
     "text_anchors.pt": _text_stage("train_anchors"),
     "text_model.pt": _text_stage("train_text_model"),
     "domain_gate.pt": _text_stage("train_domain_gate"),

@@ -14,6 +14,7 @@ from monai.transforms import LoadImage
 from medsora.image import phantom
 from medsora.image.datalist import case_datalist, check_pair, image_grid
 from medsora.image.features import organ_feature_bank
+from medsora.image.gate import ImageGate
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,7 @@ def case(tmp_path_factory):
     (root / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
     torch.save(parser.get_parsed_content("aligner_def").state_dict(), root / "models" / "alignment.pt")
+    ImageGate(0.5, tuple(ORGANS)).save(str(root / "models" / "image_gate.json"))
     return {"root": root, "image": image, "label": label, "affine": affine, **paths}
 
 

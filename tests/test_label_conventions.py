@@ -11,6 +11,7 @@ from helpers import BTCV, INFERENCE, ORGANS, TRAIN, cli, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from medsora.image import phantom
+from medsora.image.gate import ImageGate
 from medsora.organs import label_convention
 
 TOTALSEGMENTATOR = {
@@ -65,6 +66,7 @@ def case(tmp_path_factory):
     torch.manual_seed(0)
     (root / "models").mkdir()
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    ImageGate(0.5, tuple(ORGANS)).save(str(root / "models" / "image_gate.json"))
     return {"root": root, **paths}
 
 

@@ -107,6 +107,7 @@ def study(tmp_path_factory):
         preprocessing=parser.get_parsed_content("preprocessing"),
         image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"),
         device="cpu",
+        image_gate=os.path.join(BUNDLE_ROOT, "models", "image_gate.json"),
     )
     ct_first = pydicom.dcmread(next((root / "ct").iterdir()), stop_before_pixels=True)
     ct_image = LoadImage(image_only=True)(str(root / "ct"))
@@ -156,9 +157,16 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
     assert f"CT series: {ct.SeriesInstanceUID}" in report
     assert f"Organ segmentation: {'DICOM SEG' if segmentation == 'seg' else 'NIfTI label map'} " in report
 
+    assert "Organs the image network does not recognise on this CT (reference score): " in report
+    assert f"Organs cut by the edge of the scan: {', '.join(expected['cut_organs']) or 'none'}" in report
+
     answer = json.loads((out / "ranking.json").read_text(encoding="utf-8"))
     assert answer["ranking"] == expected["ranking"] and answer["in_domain"] == expected["in_domain"]
     assert answer["study_instance_uid"] == ct.StudyInstanceUID
+    assert answer["image_features"] == expected["image_features"] and answer["cut_organs"] == expected["cut_organs"]
+    assert answer["figure_3d"] == "organ_probability_3d.png" and answer["view_3d"] == "organ_probability_3d.html"
+    assert (out / "organ_probability_3d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plotly" in (out / "organ_probability_3d.html").read_text(encoding="utf-8")[:100000].lower()
 
     ids = study["label"]
     prob = nib.load(out / "organ_probability.nii.gz")

@@ -253,6 +253,7 @@ def bundle_query(case, tmp_path_factory):
         image_weights=os.path.join(BUNDLE_ROOT, "models", "model.pt"),
         preprocessing=parser.get_parsed_content("preprocessing"),
         device="cpu",
+        image_gate=os.path.join(BUNDLE_ROOT, "models", "image_gate.json"),
     )
     return answer
 
@@ -267,6 +268,8 @@ def test_uploaded_ct_label_map_and_text_give_the_probability_map_and_the_ranking
     assert answer["result_map"] == "probability" and answer["organ_labels"] == BTCV
     # the same answer as the bundle's query workflow on the same files
     assert answer["ranking"] == bundle_query["ranking"]
+    assert answer["image_features"] == bundle_query["image_features"] and set(answer["image_features"]) == set(ORGANS)
+    assert answer["cut_organs"] == bundle_query["cut_organs"]
     for organ in ORGANS:
         assert answer["scores"][organ] == pytest.approx(bundle_query["scores"][organ], abs=1e-5)
     check_on_ct_grid(result, case)

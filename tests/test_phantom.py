@@ -59,7 +59,10 @@ def test_layout_and_datalist(dataset):
         "num_validation": NUM_VAL,
         "shape": list(SHAPE),
         "p_missing_gallbladder": 0.0,
+        "domains": phantom.REFERENCE_DOMAINS.as_dict(),
     }
+    assert set(datalist["case_domains"]) == {item["image"] for item in items}
+    assert all(d == phantom.CaseDomain().as_dict() for d in datalist["case_domains"].values())
     assert sorted(os.listdir(root / "imagesTr")) == [f"img{i:04d}.nii.gz" for i in range(1, NUM_CASES + 1)]
     leftovers = [n for d in ("", "imagesTr", "labelsTr") for n in os.listdir(root / d) if n.startswith(".")]
     assert leftovers == []  # atomic writes leave no temporary or progress files
@@ -236,6 +239,7 @@ def _items_phantom(params):
         "num_validation": params["num_validation"],
         "shape": list(params["shape"]),
         "p_missing_gallbladder": 0.0,
+        "domains": phantom.REFERENCE_DOMAINS.as_dict(),
     }
 
 

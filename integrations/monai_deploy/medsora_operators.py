@@ -145,8 +145,17 @@ def ranking_report(
     ]
     lines += [f"{rank}. {organ}: {answer['scores'][organ]:.6f}" for rank, organ in enumerate(answer["ranking"], 1)]
     absent = answer.get("absent_organs") or []
+    cut = answer.get("cut_organs") or []
+    misread = [
+        f"{organ} (read as {seen['predicted']}, {seen['confidence']:.2f})"
+        for organ, seen in (answer.get("image_features") or {}).items()
+        if seen["source"] == "reference" and seen["predicted"] is not None
+    ]
     lines += [
         f"Organs absent from the segmentation (reference score): {', '.join(absent) if absent else 'none'}",
+        "Organs the image network does not recognise on this CT (reference score): "
+        + (", ".join(misread) if misread else "none"),
+        f"Organs cut by the edge of the scan: {', '.join(cut) if cut else 'none'}",
         f"CT series: {ct_series_uid}",
         f"Organ segmentation: {segmentation} (label convention {label_convention})",
     ]
@@ -181,7 +190,8 @@ class OrganQueryOperator(Operator):
             :class:`OrganProbabilitySegWriterOperator`.
 
     File outputs (``output_folder``): ``organ_probability.nii.gz`` (each organ's voxels carry its score, on the
-    CT's grid and affine), ``organ_probability.png`` and ``ranking.json`` (the query's answer and its sources).
+    CT's grid and affine), ``organ_probability.png``, the 3D view ``organ_probability_3d.png`` and
+    ``organ_probability_3d.html``, and ``ranking.json`` (the query's answer and its sources).
     """
 
     def __init__(
@@ -217,7 +227,7 @@ class OrganQueryOperator(Operator):
             parser = ConfigParser()
             parser.read_config(str(self.bundle_root / INFERENCE_CONFIG))
             parser.update(literal_overrides(bundle_root=str(self.bundle_root), label_convention=self.label_convention))
-            names = ("query_model", "network_def", "preprocessing", "organ_labels", "ckpt_dir", "device")
+            names = ("query_model", "network_def", "preprocessing", "organ_labels", "ckpt_dir", "device", "image_gate")
             self._models = {name: parser.get_parsed_content(name) for name in names}
             _logger.info(f"Med-SORA bundle {self.bundle_root} loaded (label convention {self.label_convention}).")
         return self._models
@@ -344,6 +354,7 @@ class OrganQueryOperator(Operator):
             image_weights=os.path.join(models["ckpt_dir"], "model.pt"),
             preprocessing=models["preprocessing"],
             device=models["device"],
+            image_gate=models["image_gate"],
         )
         return answer
 
@@ -360,7 +371,12 @@ class OrganQueryOperator(Operator):
         atomically: a rerun into the same folder never leaves a half-written file beside complete ones."""
         from medsora.atomic_io import atomic_write, write_json_atomic
 
-        files = {"probability_map": "organ_probability.nii.gz", "figure": "organ_probability.png"}
+        files = {
+            "probability_map": "organ_probability.nii.gz",
+            "figure": "organ_probability.png",
+            "figure_3d": "organ_probability_3d.png",
+            "view_3d": "organ_probability_3d.html",
+        }
         for key, name in files.items():
             atomic_write(str(self.output_folder / name), lambda tmp, source=answer[key]: shutil.copyfile(source, tmp))
             answer[key] = name

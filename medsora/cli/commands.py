@@ -153,6 +153,7 @@ class Commands:
                 "image_network": parser.get_parsed_content("network_def"),
                 "image_weights": os.path.join(parser.get_parsed_content("ckpt_dir"), "model.pt"),
                 "preprocessing": parser.get_parsed_content("preprocessing"),
+                "image_gate": parser.get_parsed_content("image_gate"),
                 "device": parser.get_parsed_content("device"),
             }
         query = parser.get_parsed_content("query_model")

@@ -224,9 +224,10 @@ class MedSoraImageNet(nn.Module):
             fused = self.fusion(slice_features, volume_feature)
         return slice_features, volume_feature, fused
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Organ features used for alignment with text: ``F_bar`` of shape ``(B, D, d)`` (``(B, 1, d)`` 3D-only)."""
-        slice_features, volume_feature, fused = self._encode(x)
+    @staticmethod
+    def _features(
+        slice_features: torch.Tensor | None, volume_feature: torch.Tensor | None, fused: torch.Tensor | None
+    ) -> torch.Tensor:
         if fused is not None:
             return fused
         if slice_features is not None:
@@ -234,9 +235,26 @@ class MedSoraImageNet(nn.Module):
         assert volume_feature is not None
         return volume_feature.unsqueeze(1)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Organ features used for alignment with text: ``F_bar`` of shape ``(B, D, d)`` (``(B, 1, d)`` 3D-only)."""
+        return self._features(*self._encode(x))
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features(x)`` and ``forward(x)`` from one pass: the features with the prediction that vouches for them."""
+        encoded = self._encode(x)
+        return self._features(*encoded), self._logits(x, *encoded)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map an organ sample ``(B, 1, H, W, D)`` to branch logits ``(B, K, D, num_classes)``."""
-        slice_features, volume_feature, fused = self._encode(x)
+        return self._logits(x, *self._encode(x))
+
+    def _logits(
+        self,
+        x: torch.Tensor,
+        slice_features: torch.Tensor | None,
+        volume_feature: torch.Tensor | None,
+        fused: torch.Tensor | None,
+    ) -> torch.Tensor:
         logits: list[torch.Tensor] = []
         if self.head_2d is not None and slice_features is not None:
             logits.append(self.head_2d(slice_features))

@@ -18,7 +18,7 @@ from monai.transforms.utils import generate_spatial_bounding_box
 from medsora.image.label_anatomy import check_label_convention
 from medsora.organs import label_convention
 
-__all__ = ["OrganMaskd", "label_convention", "source_name"]  # label_convention: re-exported for configs
+__all__ = ["OrganMaskd", "label_convention", "source_name", "touches_edge"]  # label_convention: re-exported for configs
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,15 @@ def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
     return str(meta.get("filename_or_obj", key))
 
 
+def touches_edge(mask: torch.Tensor) -> bool:
+    """Whether a channel-first mask has a voxel on any face of its volume: the scan cut the structure."""
+    spatial = mask.shape[1:]
+    return any(
+        bool(mask.narrow(axis + 1, 0, 1).any() or mask.narrow(axis + 1, size - 1, 1).any())
+        for axis, size in enumerate(spatial)
+    )
+
+
 class OrganMaskd(MapTransform):
     """Split a CT and its label map into one sample per organ: crop to the organ's box, zero everything outside it.
 
@@ -42,7 +51,8 @@ class OrganMaskd(MapTransform):
     ``label_conventions`` (``label_anatomy``) are refused, naming the file.
 
     Each output sample is a copy of the input dictionary where ``keys`` hold the masked crop, ``mask_key`` the organ's
-    binary mask on the same crop, ``label_key`` the organ's class index (shape ``(1,)``) and ``organ_key`` its name.
+    binary mask on the same crop, ``label_key`` the organ's class index (shape ``(1,)``), ``organ_key`` its name and
+    ``edge_key`` whether the organ touches the edge of the scan (a scan that covers it only partly: its shape is cut).
 
     Args:
         keys: image keys to crop and mask.
@@ -57,6 +67,7 @@ class OrganMaskd(MapTransform):
         label_conventions: every configured convention (name -> ``organ_labels``, ``known_labels``), to name the
             one a label map fits when it contradicts the anatomy in the chosen one; ``None`` only warns.
         label_convention: the name of the chosen convention (the one ``organ_labels`` comes from).
+        edge_key: output key of the flag telling that the organ reaches the scan's edge.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class OrganMaskd(MapTransform):
         organ_key: str = "organ",
         label_conventions: Mapping[str, Mapping[str, Any]] | None = None,
         label_convention: str | None = None,
+        edge_key: str = "cut_at_edge",
     ) -> None:
         super().__init__(keys)
         if not organ_labels:
@@ -84,6 +96,7 @@ class OrganMaskd(MapTransform):
         self.organ_key = organ_key
         self.label_conventions = label_conventions
         self.label_convention = label_convention
+        self.edge_key = edge_key
 
     def _check(self, data: Mapping[Hashable, Any]) -> torch.Tensor:
         raw = torch.as_tensor(data[self.label_key])
@@ -146,6 +159,7 @@ class OrganMaskd(MapTransform):
             sample[self.mask_key] = organ_mask
             sample[self.label_key] = torch.tensor([index], dtype=torch.long)
             sample[self.organ_key] = organ
+            sample[self.edge_key] = touches_edge(mask)
             samples.append(sample)
         if not samples:
             raise ValueError(

@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
 from ignite.engine import Engine, Events
 
 from medsora.atomic_io import write_json_atomic
+from medsora.image.gate import ImageGate, gate_warning, load_image_gate
 
 __all__ = ["OrganReportWriter", "OrganPredictionWriter", "organ_report"]
+
+logger = logging.getLogger(__name__)
 
 
 def organ_report(confusion: torch.Tensor, organs: Sequence[str]) -> dict:
@@ -58,23 +62,29 @@ class OrganReportWriter:
 class OrganPredictionWriter:
     """Collect the organ probabilities of every organ sample of a run and write them as one JSON file at the end.
 
-    The file maps each CT to its organ samples: the organ the label map says it is, and the classifier's
-    probability for every organ. Organs absent from a label map do not appear (they are never guessed).
+    The file maps each CT to its organ samples: the organ the label map says it is, the classifier's probability for
+    every organ, whether the organ reaches the scan's edge (``cut_at_edge``) and, with an image gate, what a query
+    on this CT would do with it: ``source`` (``patient`` features or ``reference`` ones) and the ``confidence``
+    the gate judged. Organs absent from a label map do not appear (they are never guessed). A CT with organs the
+    network misreads gets one logged warning.
 
     Args:
         output_file: JSON file to write.
         organs: organ names in class-index order.
+        image_gate: the gate file stored with the weights (``models/image_gate.json``); ``None``: no gate report.
     """
 
-    def __init__(self, output_file: str, organs: Sequence[str]) -> None:
+    def __init__(self, output_file: str, organs: Sequence[str], image_gate: str | None = None) -> None:
         self.output_file = output_file
         self.organs = list(organs)
+        self.image_gate = image_gate
         self.cases: dict[str, dict] = {}
 
     def attach(self, engine: Engine) -> None:
+        gate = None if self.image_gate is None else load_image_gate(self.image_gate)  # a missing file stops the run
         engine.add_event_handler(Events.STARTED, lambda _: self.cases.clear())
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
-        engine.add_event_handler(Events.COMPLETED, lambda _: write_json_atomic(self.output_file, self.cases))
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.write(gate))
 
     def collect(self, engine: Engine) -> None:
         for sample, output in zip(engine.state.batch, engine.state.output):
@@ -83,4 +93,17 @@ class OrganPredictionWriter:
             self.cases.setdefault(image, {})[sample["organ"]] = {
                 "predicted": self.organs[max(range(len(probabilities)), key=probabilities.__getitem__)],
                 "probabilities": dict(zip(self.organs, probabilities)),
+                "cut_at_edge": bool(torch.as_tensor(sample.get("cut_at_edge", False)).any()),
             }
+
+    def write(self, gate: ImageGate | None) -> None:
+        if gate is not None:
+            for image, organs in self.cases.items():
+                report = {}
+                for organ, entry in organs.items():
+                    report[organ] = gate.organ_report(organ, list(entry["probabilities"].values()))
+                    entry.update(source=report[organ]["source"], confidence=report[organ]["confidence"])
+                warning = gate_warning(image, report)
+                if warning:
+                    logger.warning(warning)
+        write_json_atomic(self.output_file, self.cases)

@@ -4,13 +4,14 @@
 """The ``query`` workflow: symptom texts in, organ scores, rankings, probability maps and pictures out."""
 
 from medsora.query.inputs import MAX_TEXT_CHARS, parse_query_lines
-from medsora.query.patient import draw_answers, patient_organ_features
+from medsora.query.patient import PatientOrgans, draw_answers, patient_organ_features
 from medsora.query.scorer import OrganQuery
 from medsora.query.workflow import answer_queries, run_query
 
 __all__ = [
     "MAX_TEXT_CHARS",
     "OrganQuery",
+    "PatientOrgans",
     "answer_queries",
     "draw_answers",
     "parse_query_lines",

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from medsora.atomic_io import write_text_atomic
+from medsora.image.gate import load_image_gate
 from medsora.query.inputs import parse_query_lines
 from medsora.query.patient import draw_answers, patient_organ_features
 from medsora.query.printout import format_ranking
@@ -56,13 +57,16 @@ def run_query(
     image_weights: str | None = None,
     preprocessing: Any = None,
     device: Any = "cpu",
+    image_gate: str | None = None,
 ) -> list[dict[str, Any]]:
     """Answer ``--text`` (printed) or ``--queries_file`` (JSONL to ``output_file``), optionally on a patient's CT.
 
     With ``image`` and ``label`` the scores use the patient's own organ features (organs absent from the label map
     keep their reference score and are listed under ``absent_organs``), and every answered query also gets a
     probability map NIfTI (each organ's voxels carry its score, on the CT's grid and affine) and a PNG in
-    ``maps_dir``, named in the answer as ``probability_map`` and ``figure``.
+    ``maps_dir``, named in the answer as ``probability_map`` and ``figure``, and the 3D view (``figure_3d`` PNG,
+    ``view_3d`` HTML). The image gate stored in ``image_gate``
+    decides which organs use the patient's features; the answer says so under ``image_features``.
     """
     if (text is None) == (queries_file is None):
         raise ValueError('give exactly one of --text "..." or --queries_file FILE.jsonl.')
@@ -77,23 +81,24 @@ def run_query(
         # an unpaired surrogate (from undecodable command-line bytes) stays a JSON escape, to get the line's error
         line = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8", "backslashreplace")
         records = parse_query_lines(line)
-    organ_features, absent = None, []
+    patient = None
     if image is not None or label is not None:
-        if image_network is None or image_weights is None or preprocessing is None or organ_labels is None:
-            raise ValueError("querying on a CT needs the image network, its weights, preprocessing and organ_labels.")
+        if None in (image_network, image_weights, preprocessing, organ_labels, image_gate):
+            raise ValueError(
+                "querying on a CT needs the image network, its weights, preprocessing, organ_labels and image gate."
+            )
         load_weights(image_network, image_weights)
-        organ_features, absent = patient_organ_features(
-            query, image_network, preprocessing, str(image), str(label), device
-        )
-    answers = answer_queries(query, records, organ_features)
-    if organ_features is not None:
+        gate = load_image_gate(str(image_gate))
+        patient = patient_organ_features(query, image_network, preprocessing, str(image), str(label), gate, device)
+    answers = answer_queries(query, records, None if patient is None else patient.features)
+    if patient is not None:
         draw_answers(
             answers,
             str(image),
             str(label),
             organ_labels,
             maps_dir or os.path.dirname(os.path.abspath(output_file or ".")),
-            absent,
+            patient,
         )
     if queries_file is not None:
         _write_jsonl(answers, str(output_file))
@@ -104,7 +109,7 @@ def run_query(
         if "error" in answer:
             raise ValueError(f"--text: {answer['error']}")
         print(format_ranking(str(text), answer, query.threshold))
-        for key in ("probability_map", "figure"):
+        for key in ("probability_map", "figure", "figure_3d", "view_3d"):
             if key in answer:
                 print(f"{key.replace('_', ' ')}: {answer[key]}")
     return answers

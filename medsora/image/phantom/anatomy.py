@@ -11,15 +11,33 @@ intensity from a numpy Generator, so no two cases are alike; ``scanner`` turns t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-__all__ = ["Body", "Spec", "Structure", "Z_MARGIN_MM", "place_structures", "rotation", "sample_body", "tube"]
+__all__ = [
+    "HABITUS",
+    "Body",
+    "Spec",
+    "Structure",
+    "Z_MARGIN_MM",
+    "place_structures",
+    "resize",
+    "rotation",
+    "sample_body",
+    "tube",
+]
 
 # Reference torso (semi-axes of the skin ellipse, mm) for which the structure table below is written.
 _REF_BODY = {"a": 150.0, "b": 110.0, "fat": 20.0, "muscle": 12.0}
 Z_MARGIN_MM = (22.0, 28.0)  # kept above the diaphragm dome and below the lowest kidney pole
+# body habitus: semi-axes of the abdominal cavity (left-right, antero-posterior) and subcutaneous fat, ranges in mm;
+# "average" is the reference phantom's. An obese body may be wider than the field of view, as on a real scanner.
+HABITUS: dict[str, dict[str, tuple[float, float]]] = {
+    "cachectic": {"cavity_a": (92, 108), "cavity_b": (60, 72), "fat": (1, 6)},
+    "average": {"cavity_a": (100, 130), "cavity_b": (66, 88), "fat": (6, 34)},
+    "obese": {"cavity_a": (118, 140), "cavity_b": (84, 104), "fat": (34, 70)},
+}
 
 # ----------------------------------------------------------------------------------------------------------------
 # geometry primitives
@@ -412,11 +430,15 @@ class Body:
         return self.a - self.fat - self.muscle, self.b - self.fat - self.muscle
 
 
-def sample_body(rng: np.random.Generator) -> Body:
+def sample_body(rng: np.random.Generator, habitus: str = "average") -> Body:
+    """Torso of one case; ``habitus`` (a key of :data:`HABITUS`) sets the ranges of cavity size and fat."""
+    ranges = HABITUS[habitus]
     # the cavity is drawn first: habitus changes the fat much more than the room the viscera need
-    ac, bc = rng.uniform(100, 130), rng.uniform(66, 88)
+    ac, bc = rng.uniform(*ranges["cavity_a"]), rng.uniform(*ranges["cavity_b"])
     muscle = rng.uniform(9, 13)
-    fat = min(rng.uniform(6, 34), 158 - ac - muscle)  # the skin stays inside the smallest field of view
+    fat = rng.uniform(*ranges["fat"])
+    if habitus != "obese":
+        fat = min(fat, 158 - ac - muscle)  # the skin stays inside the smallest field of view
     a, b = ac + muscle + fat, bc + muscle + fat  # one fat thickness all round keeps the wall layers concentric
     ref_bc = _REF_BODY["b"] - _REF_BODY["fat"] - _REF_BODY["muscle"]
     stretch = np.array([ac / (_REF_BODY["a"] - _REF_BODY["fat"] - _REF_BODY["muscle"]), bc / ref_bc])
@@ -448,14 +470,20 @@ class Structure:
     carve: list[_Primitive]
     hu: float
     seed: int
+    detail: float = 1.0  # scale of the intensity pattern inside it (kidney cortex vs. medulla, parenchymal mottle)
 
     def bounds(self, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         lows, highs = zip(*(p.bounds() for p in self.parts))
         return np.min(lows, 0) - margin, np.max(highs, 0) + margin
 
 
-def place_structures(rng: np.random.Generator, body: Body, p_missing_gallbladder: float) -> list[Structure]:
-    """Sample each structure's pose, size and intensity; children inherit their parent's pose."""
+def place_structures(
+    rng: np.random.Generator, body: Body, p_missing_gallbladder: float, variation: float = 1.0
+) -> list[Structure]:
+    """Sample each structure's pose, size and intensity; children inherit their parent's pose.
+
+    ``variation`` multiplies every structure's spread of position, size, rotation and shape (1: the reference).
+    """
     ref_a = _REF_BODY["a"] - _REF_BODY["fat"] - _REF_BODY["muscle"]
     ref_b = _REF_BODY["b"] - _REF_BODY["fat"] - _REF_BODY["muscle"]
     ac, bc = body.cavity
@@ -469,9 +497,10 @@ def place_structures(rng: np.random.Generator, body: Body, p_missing_gallbladder
     for spec in sorted(specs, key=lambda sp: sp.parent is not None):  # parents first
         centers = np.array([p.center if isinstance(p, _Ellipsoid) else p.points.mean(0) for p in spec.parts])
         pivot = centers.mean(0)
-        rot = rotation(np.clip(rng.normal(0, spec.rot_deg, 3), -2 * spec.rot_deg, 2 * spec.rot_deg))
-        scale = float(np.clip(rng.normal(1, spec.scale_sd), 1 - 2 * spec.scale_sd, 1 + 2 * spec.scale_sd))
-        shift = np.clip(rng.normal(0, spec.shift_mm, 3), -2.5 * spec.shift_mm, 2.5 * spec.shift_mm)
+        rot_deg, scale_sd, shift_mm = spec.rot_deg * variation, spec.scale_sd * variation, spec.shift_mm * variation
+        rot = rotation(np.clip(rng.normal(0, rot_deg, 3), -2 * rot_deg, 2 * rot_deg))
+        scale = float(np.clip(rng.normal(1, scale_sd), 1 - 2 * scale_sd, 1 + 2 * scale_sd))
+        shift = np.clip(rng.normal(0, shift_mm, 3), -2.5 * shift_mm, 2.5 * shift_mm)
         hu = rng.uniform(*spec.hu)
         seed = int(rng.integers(2**31))
         if spec.parent is not None:  # move with the parent: its rotation and scale about its pivot, its shift
@@ -484,8 +513,19 @@ def place_structures(rng: np.random.Generator, body: Body, p_missing_gallbladder
         poses[spec.name] = (pivot, rot, scale, shift)
         if spec.optional and rng.random() < p_missing_gallbladder:
             continue
-        pose = _Pose(pivot, rot, scale, shift, stretch, np.clip(rng.normal(1, 0.05, 3), 0.9, 1.1))
+        axis_sd = 0.05 * variation
+        pose = _Pose(
+            pivot, rot, scale, shift, stretch, np.clip(rng.normal(1, axis_sd, 3), 1 - 2 * axis_sd, 1 + 2 * axis_sd)
+        )
         placed[spec.name] = Structure(
             spec, [p.moved(pose) for p in spec.parts], [p.moved(pose) for p in spec.carve], hu, seed
         )
     return [placed[spec.name] for spec in specs if spec.name in placed]  # paint order
+
+
+def resize(struct: Structure, factor: float) -> Structure:
+    """``struct`` grown or shrunk by ``factor`` about its centre (splenomegaly, an atrophic kidney)."""
+    parts = struct.parts + struct.carve
+    centre = np.mean([p.center if isinstance(p, _Ellipsoid) else p.points.mean(0) for p in parts], axis=0)
+    pose = _Pose(centre, np.eye(3), float(factor), np.zeros(3), np.ones(3))
+    return replace(struct, parts=[p.moved(pose) for p in struct.parts], carve=[p.moved(pose) for p in struct.carve])

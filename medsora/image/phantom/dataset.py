@@ -3,8 +3,10 @@
 
 """Synthetic abdominal CT in the BTCV layout: the bundle's default data when no real CT is at hand.
 
-Each case is a portal-venous-phase abdomen (``anatomy`` places the structures, ``scanner`` paints and scans
-them), seeded from ``(seed, case index)`` so held-out cases test generalisation rather than memory.
+Each case is an abdomen (``anatomy`` places the structures, ``scanner`` paints and scans them) in a domain drawn
+from ``domains`` (contrast phase, slice thickness, coverage, habitus, pathology; the reference is portal venous),
+seeded from ``(seed, case index)`` so held-out cases test generalisation rather than memory. The anatomy of a case
+does not depend on its domain, so one seed shows the same patient in every phase.
 
 The written files mimic a downsampled BTCV CT: ``imagesTr/imgNNNN.nii.gz`` (int16 HU) and
 ``labelsTr/labelNNNN.nii.gz`` (uint8, BTCV label ids) stored LPS-like (diagonal affine with negative x and y
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
@@ -29,12 +31,28 @@ import numpy as np
 
 from medsora.atomic_io import atomic_write, write_json_atomic
 from medsora.image.phantom.anatomy import Z_MARGIN_MM, place_structures, sample_body
+from medsora.image.phantom.domains import (
+    REFERENCE_CASE,
+    CaseDomain,
+    Domains,
+    apply_pathology_shapes,
+    apply_phase,
+    crop_coverage,
+    paint_lesions,
+)
 from medsora.image.phantom.scanner import REFERENCE_SHAPE, Canvas, draw_body, finish, make_grid, paint, small_bowel
 
-__all__ = ["BTCV_LABELS", "PHANTOM_VERSION", "generate_case", "generate_phantom_dataset", "ensure_phantom"]
+__all__ = [
+    "BTCV_LABELS",
+    "PHANTOM_VERSION",
+    "case_domain",
+    "generate_case",
+    "generate_phantom_dataset",
+    "ensure_phantom",
+]
 
 #: Bump whenever the generator's output changes, so that data written by an older version is not reused.
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 DATALIST_NAME = "dataset_0.json"
 _PROGRESS_NAME = ".phantom_in_progress.json"
 
@@ -67,8 +85,9 @@ def generate_case(
     rng_or_seed: np.random.Generator | int | Sequence[int],
     shape: Sequence[int] = REFERENCE_SHAPE,
     p_missing_gallbladder: float = 0.0,
+    domain: CaseDomain = REFERENCE_CASE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one synthetic portal-venous abdominal CT and its BTCV label map.
+    """Draw one synthetic abdominal CT and its BTCV label map.
 
     Args:
         rng_or_seed: a numpy Generator, or a seed (int or sequence such as ``(seed, case_index)``) for one, so that
@@ -79,6 +98,8 @@ def generate_case(
             abdomen, from above the diaphragm dome to below the lowest kidney pole, is in the volume.
         p_missing_gallbladder: probability that the case has no gallbladder (cholecystectomy), to exercise code on
             label maps that lack an organ.
+        domain: contrast phase, scanner, coverage, habitus and pathologies (``Domains.draw``); the default is the
+            reference portal-venous phantom. The domain's own draws come from ``domain.seed``.
 
     Returns:
         ``(image, label, affine)``: int16 HU array and uint8 label array of the same shape ``(X, Y, Z)`` in the
@@ -87,17 +108,23 @@ def generate_case(
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"shape must be three sizes of at least 8 voxels, got {shape}.")
     rng = _as_generator(rng_or_seed)
-    body = sample_body(rng)
-    structures = place_structures(rng, body, p_missing_gallbladder)
+    domain_rng = np.random.default_rng(domain.seed)
+    body = sample_body(rng, domain.habitus)
+    structures = place_structures(rng, body, p_missing_gallbladder, domain.variation)
+    apply_phase(structures, body, domain, domain_rng)
+    structures = apply_pathology_shapes(structures, domain, domain_rng)
     kidneys = [s for s in structures if s.spec.label in (2, 3)]
     z_low = min(float(s.bounds()[0][2]) for s in kidneys) - Z_MARGIN_MM[1]
     z_high = max(float(apex[2]) for apex, _ in body.domes) + Z_MARGIN_MM[0]
-    grid = make_grid(rng, shape, (z_low, z_high))
+    spacing = None if domain.slice_thickness_mm is None else max(domain.slice_thickness_mm, 2.0)
+    grid = make_grid(rng, shape, (z_low, z_high), spacing)
     canvas = Canvas(grid, body, np.full(grid.shape, -1000.0, np.float32), np.zeros(grid.shape, np.uint8), {})
     draw_body(canvas, rng)
     for struct in small_bowel(rng, body) + structures:
         paint(canvas, struct)
-    return finish(canvas, rng), canvas.label, grid.affine.copy()
+    paint_lesions(canvas, structures, domain, domain_rng)
+    image = finish(canvas, rng, domain.blur_vox, domain.slice_thickness_mm, domain.noise_hu, domain.noise_grain_vox)
+    return crop_coverage(image, canvas.label, grid.affine.copy(), domain, domain_rng)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
@@ -113,7 +140,7 @@ def _case_paths(index: int) -> dict[str, str]:
     return {"image": f"imagesTr/img{index:04d}.nii.gz", "label": f"labelsTr/label{index:04d}.nii.gz"}
 
 
-def _phantom_params(seed, num_cases, num_validation, shape, p_missing_gallbladder) -> dict[str, Any]:
+def _phantom_params(seed, num_cases, num_validation, shape, p_missing_gallbladder, domains: Domains) -> dict[str, Any]:
     return {
         "version": PHANTOM_VERSION,
         "seed": int(seed),
@@ -121,7 +148,13 @@ def _phantom_params(seed, num_cases, num_validation, shape, p_missing_gallbladde
         "num_validation": int(num_validation),
         "shape": [int(s) for s in shape],
         "p_missing_gallbladder": float(p_missing_gallbladder),
+        "domains": domains.as_dict(),
     }
+
+
+def case_domain(domains: Domains, seed: int, index: int) -> CaseDomain:
+    """The domain of case ``index`` of a dataset: its own stream, so domains never change a case's anatomy."""
+    return domains.draw(np.random.default_rng([int(seed), int(index), 1]))
 
 
 def _read_json(path: str) -> dict | None:
@@ -146,6 +179,7 @@ def generate_phantom_dataset(
     seed: int = 0,
     shape: Sequence[int] = REFERENCE_SHAPE,
     p_missing_gallbladder: float = 0.0,
+    domains: Domains | Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> str:
     """Write a synthetic BTCV-layout dataset, or reuse the one already there if it was made with these parameters.
@@ -161,6 +195,9 @@ def generate_phantom_dataset(
             alone and adding cases does not change the existing ones.
         shape: see ``generate_case``.
         p_missing_gallbladder: see ``generate_case``.
+        domains: what the cases' domains are drawn from (a :class:`Domains` or its config mapping, e.g.
+            ``{"phases": ["arterial"]}``); ``None``: the reference portal-venous phantom. Each case's draw is recorded
+            under ``"case_domains"`` in the datalist.
         overwrite: replace whatever dataset is in ``output_dir`` (files of the same names are overwritten;
             nothing else is deleted).
 
@@ -175,7 +212,9 @@ def generate_phantom_dataset(
         raise ValueError(f"need num_cases >= 1 and 0 <= num_validation < num_cases, got {num_cases}, {num_validation}.")
     if not 0.0 <= float(p_missing_gallbladder) <= 1.0:
         raise ValueError(f"p_missing_gallbladder must be in [0, 1], got {p_missing_gallbladder}.")
-    wanted = _phantom_params(seed, num_cases, num_validation, shape, p_missing_gallbladder)
+    if not isinstance(domains, Domains):
+        domains = Domains.from_config(domains)
+    wanted = _phantom_params(seed, num_cases, num_validation, shape, p_missing_gallbladder, domains)
     output_dir = os.path.abspath(str(output_dir))
     datalist_path = os.path.join(output_dir, DATALIST_NAME)
     progress_path = os.path.join(output_dir, _PROGRESS_NAME)
@@ -209,17 +248,19 @@ def generate_phantom_dataset(
             )
 
     write_json_atomic(progress_path, wanted)  # lets an interrupted run resume instead of refusing its own files
+    drawn = {case["image"]: case_domain(domains, seed, index) for index, case in enumerate(cases, start=1)}
     for index, case in enumerate(cases, start=1):
         image_path, label_path = (os.path.join(output_dir, case[k]) for k in ("image", "label"))
         if not overwrite and os.path.isfile(image_path) and os.path.isfile(label_path):
             continue  # same parameters: this case is already what it would be regenerated as
-        image, label, affine = generate_case(np.random.default_rng([int(seed), index]), shape, p_missing_gallbladder)
+        rng = np.random.default_rng([int(seed), index])
+        image, label, affine = generate_case(rng, shape, p_missing_gallbladder, drawn[case["image"]])
         _save_nifti(label, affine, label_path)
         _save_nifti(image, affine, image_path)
 
     datalist = {
         "name": "Med-SORA abdominal CT phantom",
-        "description": "Synthetic portal-venous abdominal CT with BTCV labels (generated by medsora.image.phantom)",
+        "description": "Synthetic abdominal CT with BTCV labels (generated by medsora.image.phantom)",
         "reference": "generated",
         "licence": "Apache-2.0",
         "tensorImageSize": "3D",
@@ -231,6 +272,7 @@ def generate_phantom_dataset(
         "validation": cases[num_cases - num_validation :],
         "test": [],
         "phantom": wanted,
+        "case_domains": {image: domain.as_dict() for image, domain in drawn.items()},
     }
     write_json_atomic(datalist_path, datalist)
     os.remove(progress_path)

@@ -59,12 +59,19 @@ class _Grid:
         return self.x[sl], self.y[sl], self.z[sl]
 
 
-def make_grid(rng: np.random.Generator, shape: Sequence[int], z_range: tuple[float, float]) -> _Grid:
-    """Spacing, slice count and affine of one case: the whole z_range (anatomy frame) always fits in the volume."""
+def make_grid(
+    rng: np.random.Generator, shape: Sequence[int], z_range: tuple[float, float], slice_spacing_mm: float | None = None
+) -> _Grid:
+    """Spacing, slice count and affine of one case: the whole z_range (anatomy frame) always fits in the volume.
+
+    ``slice_spacing_mm`` replaces the drawn slice spacing (the draw is still made, so the rest of the case is the
+    same); both are for a 64-slice minimum and scale with ``shape[2]`` like the in-plane spacing does.
+    """
     nx, ny, nz_min = (int(s) for s in shape)
     base = rng.uniform(*INPLANE_SPACING_MM)
     sx, sy = base * REFERENCE_SHAPE[0] / nx, base * REFERENCE_SHAPE[1] / ny
-    sz = float(rng.choice(SLICE_SPACINGS_MM)) * REFERENCE_SHAPE[2] / nz_min
+    drawn = float(rng.choice(SLICE_SPACINGS_MM))
+    sz = (drawn if slice_spacing_mm is None else float(slice_spacing_mm)) * REFERENCE_SHAPE[2] / nz_min
     tilt = rotation((rng.normal(0, 1.5), rng.normal(0, 1.5), rng.normal(0, 3)))
     extent = z_range[1] - z_range[0] + 2 * max(nx * sx, ny * sy) / 2 * math.sin(math.radians(5))
     nz = max(nz_min, int(math.ceil(extent / sz)) + 1)
@@ -284,7 +291,7 @@ def _shade_uniform(canvas, struct, inside, sl, rng, g) -> np.ndarray:
 
 def _shade_textured(canvas, struct, inside, sl, rng, g) -> np.ndarray:
     """Parenchyma with a mild organ-specific mottle."""
-    return (struct.hu + 6.0 * _smooth_noise(rng, inside.shape, 1.2))[inside]
+    return (struct.hu + 6.0 * struct.detail * _smooth_noise(rng, inside.shape, 1.2))[inside]
 
 
 def _shade_relative(canvas, struct, inside, sl, rng, g) -> np.ndarray:
@@ -300,7 +307,7 @@ def _shade_kidney(canvas, struct, inside, sl, rng, g) -> np.ndarray:
     """Enhancing cortex around a slightly darker medulla (renal pyramids)."""
     depth = _depth_mm(canvas, inside)[inside]
     cortex = rng.uniform(5, 8)
-    medulla = struct.hu - rng.uniform(25, 45)
+    medulla = struct.hu - struct.detail * rng.uniform(25, 45)
     pyramids = _smooth_noise(rng, inside.shape, 1.5)[inside] > -0.3
     return np.where((depth > cortex) & pyramids, medulla, struct.hu).astype(np.float32)
 
@@ -374,11 +381,32 @@ def small_bowel(rng: np.random.Generator, body: Body) -> list[Structure]:
     return loops
 
 
-def finish(canvas: Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Scanner effects: point-spread blur, smooth texture, correlated quantum noise; HU rounded to int16."""
-    image = ndimage.gaussian_filter(canvas.hu, 0.5, truncate=2.0)
+def finish(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    blur_vox: float = 0.5,
+    slice_thickness_mm: float | None = None,
+    noise_hu: float | None = None,
+    noise_grain_vox: float = 0.6,
+) -> np.ndarray:
+    """Scanner effects: point-spread blur, smooth texture, correlated quantum noise; HU rounded to int16.
+
+    Args:
+        canvas: the painted case.
+        rng: the case's generator.
+        blur_vox: in-plane point-spread sigma (voxels); sharp kernels are near 0.3, soft ones near 1.2.
+        slice_thickness_mm: the reconstructed slice thickness, a slab profile of that full width at half maximum
+            along z (partial volume of thick slices); ``None``: the in-plane blur alone.
+        noise_hu: standard deviation of the quantum noise; ``None``: drawn from 10-20 HU.
+        noise_grain_vox: correlation length of the noise (its texture: fine for sharp kernels, blotchy for soft).
+    """
+    sigma_z = (
+        blur_vox if slice_thickness_mm is None else max(blur_vox, slice_thickness_mm / 2.355 / canvas.grid.spacing[2])
+    )
+    image = ndimage.gaussian_filter(canvas.hu, (blur_vox, blur_vox, sigma_z), truncate=2.0)
     inside = canvas.hu > -900
     image += (rng.uniform(3, 7) * _smooth_noise(rng, image.shape, 2.0)) * inside
-    noise = ndimage.gaussian_filter(rng.standard_normal(image.shape, dtype=np.float32), 0.6, truncate=2.0)
-    image += noise * (rng.uniform(10, 20) / float(noise.std()))
+    noise = ndimage.gaussian_filter(rng.standard_normal(image.shape, dtype=np.float32), noise_grain_vox, truncate=2.0)
+    drawn = rng.uniform(10, 20)
+    image += noise * ((drawn if noise_hu is None else noise_hu) / float(noise.std()))
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16)

@@ -6,8 +6,8 @@ ranking out.
 
 The bundle's own objects do the work (``query_model``, ``network_def`` with ``models/model.pt``, ``preprocessing``
 and ``organ_labels`` of ``configs/inference.yaml``); they are built once, when the app starts, and reused by every
-request. Per request the patient's organ features replace the reference organs, exactly as the bundle's ``query``
-workflow does with ``--image`` and ``--label``.
+request. Per request the patient's organ features replace the reference organs where the image network reads the
+organ (the bundle's image gate), exactly as the bundle's ``query`` workflow does with ``--image`` and ``--label``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from medsora.image.gate import load_image_gate
 from medsora.literal_options import literal_overrides
 from medsora.stages import load_weights
 
@@ -70,6 +71,7 @@ def bundle_objects(bundle_root: str, label_convention: str) -> dict[str, Any]:
         "query": parser.get_parsed_content("query_model"),
         "network": network,
         "weights": weights,
+        "gate": load_image_gate(parser.get_parsed_content("image_gate")),
         "preprocessing": parser.get_parsed_content("preprocessing"),
         "organ_labels": {organ: [int(i) for i in ids] for organ, ids in organ_labels.items()},
         "version": ConfigParser.load_config_file(os.path.join(bundle_root, "configs", "metadata.json")).get("version"),
@@ -105,6 +107,7 @@ class OrganQueryInfer(BasicInferTask):
         objects = bundle_objects(bundle_root, label_convention)
         self.query = objects["query"]
         self.image_network = objects["network"]
+        self.gate = objects["gate"]
         self.preprocessing = objects["preprocessing"]
         self.organ_labels = objects["organ_labels"]
         self.label_convention = label_convention
@@ -189,9 +192,9 @@ class OrganQueryInfer(BasicInferTask):
             )
         label = self._label(data, device)
         try:
-            try:  # the patient's organs where the label map has them, the reference organs elsewhere
-                organ_features, absent = patient_organ_features(
-                    self.query, self.image_network, self.preprocessing, image, label, device
+            try:  # the patient's organs where the network reads them, the reference organs elsewhere
+                patient = patient_organ_features(
+                    self.query, self.image_network, self.preprocessing, image, label, self.gate, device
                 )
             except (ValueError, FileNotFoundError) as e:
                 raise invalid(f"CT {image} with label map {label}: {e}") from e
@@ -199,7 +202,8 @@ class OrganQueryInfer(BasicInferTask):
         finally:
             if data["label_source"] == "segmentation_bundle":
                 os.remove(label)
-        (answer,) = answer_queries(self.query, [({"text": text}, None)], organ_features)
+        (answer,) = answer_queries(self.query, [({"text": text}, None)], patient.features)
+        patient.note(answer)
 
         labels, grid = np.asarray(label_image), image_grid(image)
         # the CT's voxel-to-RAS matrix (check_pair made the label map's equal); other formats: the label map's
@@ -214,7 +218,9 @@ class OrganQueryInfer(BasicInferTask):
             "scores": answer["scores"],
             "ranking": answer["ranking"],
             "in_domain": answer["in_domain"],
-            "absent_organs": absent,
+            "image_features": answer["image_features"],
+            "absent_organs": answer["absent_organs"],
+            "cut_organs": answer["cut_organs"],
             "result_map": result_map,
             "label_source": data["label_source"],
             "label_convention": self.label_convention,
