@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import ORGANS
 
+from medsora.evaluation.scorer_ablation import scorer_ablation
 from medsora.query import OrganQuery
 from medsora.query.fusion import FusionParameters, fused_scores, load_fusion, query_fusion, retrieval_votes
 from medsora.query.fusion_choice import choose_fusion
@@ -316,3 +317,31 @@ def test_an_index_refuses_inconsistent_parts():
         TextIndex(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), [{}] * 3, ORGANS, "id")
     with pytest.raises(ValueError, match="organ indices must lie"):
         TextIndex(torch.zeros(1, 4), torch.tensor([7]), [{}], ORGANS, "id")
+
+
+def test_the_scorer_ablation_scores_every_row_on_labelled_queries(corpus, index_file, tmp_path):
+    queries = tmp_path / "queries.jsonl"
+    lines = [{"text": text, "labels": [organ]} for organ, text in UNAMBIGUOUS.items()]
+    lines += [{"text": "a painful swollen big toe after a night of drinking", "labels": []}]
+    write_jsonl(queries, lines)
+    index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
+    aligner, fusion = untrained_aligner(), FusionParameters()
+    result = scorer_ablation(aligner, corpus, index, fusion, str(queries), str(tmp_path / "ablation.json"))
+    rows = result["rows"]
+    assert len(rows) == 9 and list(rows)[0].startswith("paper scorer") and list(rows)[-1].startswith("fused")
+    for row in rows.values():
+        assert 0.0 <= row["Rank-1"] <= row["Rank-2"] <= row["Rank-3"] <= 1.0 and 0.0 <= row["OOD AUROC"] <= 1.0
+    assert rows["retrieval votes alone"]["Rank-1"] == 1.0  # the paraphrases' nearest texts are their organs'
+    embeddings = torch.as_tensor(corpus.encoder.encode([line["text"] for line in lines]))
+    paper = aligner.organ_scores(embeddings).numpy()
+    labels = np.array([[o in line["labels"] for o in ORGANS] for line in lines[:3]])
+    top = paper[:3].argmax(axis=1)
+    assert rows["paper scorer (W_align, image projection, phantom organ features, gate)"]["Rank-1"] == pytest.approx(
+        labels[np.arange(3), top].mean()
+    )
+    table = (tmp_path / "ablation.md").read_text()
+    assert table.startswith("3 abdominal and 1 non-abdominal queries") and table.count("\n| ") == 11
+    assert json.loads((tmp_path / "ablation.json").read_text())["rows"] == rows
+    write_jsonl(queries, lines[:3])
+    with pytest.raises(ValueError, match="needs abdominal and non-abdominal queries"):
+        scorer_ablation(aligner, corpus, index, fusion, str(queries))
