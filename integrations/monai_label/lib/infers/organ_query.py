@@ -214,6 +214,7 @@ class OrganQueryInfer(BasicInferTask):
             "scores": answer["scores"],
             "ranking": answer["ranking"],
             "in_domain": answer["in_domain"],
+            "evidence": answer["evidence"],
             "absent_organs": absent,
             "result_map": result_map,
             "label_source": data["label_source"],
