@@ -33,6 +33,8 @@ PRODUCERS: dict[str, str] = {
     "text_model.pt": _text_stage("train_text_model"),
     "domain_gate.pt": _text_stage("train_domain_gate"),
     "alignment.pt": _text_stage("train_text"),
+    "text_index.pt": _text_stage("build_index"),
+    "fusion.json": _text_stage("build_index"),
 }
 
 

@@ -1,13 +1,15 @@
 """A CT given as a DICOM series gives the same organs, predictions and probability maps as its NIfTI."""
 
 import json
+import os
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from dicom_series import write_dicom_series
-from helpers import INFERENCE, ORGANS
+from helpers import BUNDLE_ROOT, INFERENCE, ORGANS
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import LoadImage
 
@@ -19,7 +21,8 @@ from medsora.image.gate import ImageGate
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    """One phantom case as NIfTI and as DICOM series (CT and label map), and untrained weights to run the workflows."""
+    """One phantom case as NIfTI and as DICOM series (CT and label map), untrained weights to run the workflows and
+    the shipped text index."""
     root = tmp_path_factory.mktemp("dicom")
     image, label, affine = phantom.generate_case((9, 1), shape=(64, 64, 32))
     paths = {name: str(root / name) for name in ("ct.nii.gz", "labels.nii.gz", "ct_dicom", "labels_dicom")}
@@ -34,6 +37,8 @@ def case(tmp_path_factory):
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
     torch.save(parser.get_parsed_content("aligner_def").state_dict(), root / "models" / "alignment.pt")
     ImageGate(0.5, tuple(ORGANS)).save(str(root / "models" / "image_gate.json"))
+    for name in ("text_index.pt", "fusion.json"):  # the shipped retrieval index and fusion, built for the same encoder
+        shutil.copyfile(os.path.join(BUNDLE_ROOT, "models", name), root / "models" / name)
     return {"root": root, "image": image, "label": label, "affine": affine, **paths}
 
 

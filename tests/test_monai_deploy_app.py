@@ -155,6 +155,10 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
     assert ranking == expected["ranking"]
     assert f"Abdominal (in domain): {'yes' if expected['in_domain'] else 'no'}" in report
     assert f"CT series: {ct.SeriesInstanceUID}" in report
+    evidence = re.findall(r'^- (\w+): "(.+)" \(similarity ([0-9.-]+); (\S+) (\S+)', report, flags=re.MULTILINE)
+    assert [(organ, text) for organ, text, *_ in evidence] == [(e["organ"], e["text"]) for e in expected["evidence"]]
+    for (*_, source, identifier), item in zip(evidence, expected["evidence"]):
+        assert (source, identifier.rstrip(":)")) == (item["provenance"]["source"], item["provenance"]["identifier"])
     assert f"Organ segmentation: {'DICOM SEG' if segmentation == 'seg' else 'NIfTI label map'} " in report
 
     assert "Organs the image network does not recognise on this CT (reference score): " in report
@@ -162,6 +166,7 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
 
     answer = json.loads((out / "ranking.json").read_text(encoding="utf-8"))
     assert answer["ranking"] == expected["ranking"] and answer["in_domain"] == expected["in_domain"]
+    assert answer["evidence"] == expected["evidence"] and len(answer["evidence"]) == 6
     assert answer["study_instance_uid"] == ct.StudyInstanceUID
     assert answer["image_features"] == expected["image_features"] and answer["cut_organs"] == expected["cut_organs"]
     assert answer["figure_3d"] == "organ_probability_3d.png" and answer["view_3d"] == "organ_probability_3d.html"

@@ -272,6 +272,9 @@ def test_uploaded_ct_label_map_and_text_give_the_probability_map_and_the_ranking
     assert answer["cut_organs"] == bundle_query["cut_organs"]
     for organ in ORGANS:
         assert answer["scores"][organ] == pytest.approx(bundle_query["scores"][organ], abs=1e-5)
+    # and the same evidence: corpus texts for the top organs, with their provenance
+    assert answer["evidence"] == bundle_query["evidence"] and answer["evidence"][0]["organ"] == "gallbladder"
+    assert all(item["provenance"]["source"] and item["provenance"]["identifier"] for item in answer["evidence"])
     check_on_ct_grid(result, case)
     assert result.get_data_dtype() == np.float32
     values, ids = result.get_fdata(), case["label"]

@@ -9,9 +9,11 @@ import pytest
 import torch
 import yaml
 from helpers import INFERENCE, ORGANS, TEXT, TINY_TEXT, run_bundle
+from monai.bundle import ConfigParser
 
 from medsora.image import phantom
 from medsora.query import MAX_TEXT_CHARS
+from medsora.stages import load_weights
 from medsora.text.alignment import AlignmentInfoNCELoss
 from medsora.text.encoders import HFTextEncoder
 from medsora.text.soft_labels import AnchorMarginLoss, OrganAnchors, load_anchors, soft_labels, training_targets
@@ -25,7 +27,7 @@ def query(tiny_bundle, *args, check=True):
 
 @pytest.mark.slow
 def test_every_stage_writes_its_file(tiny_bundle):
-    for name in ("text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt"):
+    for name in ("text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt", "text_index.pt", "fusion.json"):
         assert (tiny_bundle["ckpt_dir"] / name).is_file(), name
     history = json.loads((tiny_bundle["output_dir"] / "text_training" / "anchors_loss.json").read_text())
     assert len(history["epoch_loss"]) == TINY_TEXT["anchor_epochs"]
@@ -36,6 +38,14 @@ def test_every_stage_writes_its_file(tiny_bundle):
             report = metrics[split][model]
             assert 0.0 <= report["Rank-1"] <= report["Rank-2"] <= report["Rank-3"] <= 1.0
         assert 0.5 < metrics[split]["out-of-domain"]["AUROC"] <= 1.0
+        fused = metrics[split]["Med-SORA fused (retrieval + learned)"]
+        assert 0.0 <= fused["Rank-1"] <= fused["Rank-2"] <= fused["Rank-3"] <= 1.0
+        assert 0.5 < metrics[split]["out-of-domain, fused"]["AUROC"] <= 1.0
+    fusion = json.loads((tiny_bundle["ckpt_dir"] / "fusion.json").read_text())
+    assert fusion["parameters"]["neighbours"] in fusion["choice"]["grid"]["neighbours"]
+    assert 0.0 <= fusion["parameters"]["threshold"] <= 1.0
+    text_history = json.loads((tiny_bundle["output_dir"] / "text_training" / "text_loss.json").read_text())
+    assert 1 <= len(text_history["epoch_loss"]) <= TINY_TEXT["text_epochs"]
 
 
 @pytest.mark.slow
@@ -81,6 +91,10 @@ def test_query_file_contract(tiny_bundle, tmp_path):
         assert isinstance(answer["in_domain"], bool) and "error" not in answer
     assert first["in_domain"] and not knee["in_domain"]
     assert max(knee["scores"].values()) < max(first["scores"].values())
+    assert [item["organ"] for item in first["evidence"]] == [o for o in first["ranking"][:3] for _ in range(2)]
+    for item in first["evidence"]:
+        assert set(item) == {"text", "organ", "similarity", "provenance"} and -1.0 <= item["similarity"] <= 1.0
+        assert item["provenance"]["source"] and item["provenance"]["identifier"]
     errors = [a.get("error", "") for a in answers[1:-1]]
     assert "not JSON" in errors[0]
     assert "no 'text'" in errors[1] and answers[2]["id"] == 9
@@ -96,8 +110,33 @@ def test_query_file_contract(tiny_bundle, tmp_path):
 def test_single_text_prints_a_ranking(tiny_bundle):
     result = query(tiny_bundle, "--text", "vomiting blood and black tarry stools")
     assert "abdominal: yes" in result.stdout
-    ranked = [line.split()[1] for line in result.stdout.splitlines() if re.match(r"\s*[1-7]\. ", line)]
+    lines = result.stdout.splitlines()
+    ranked = [line.split()[1] for line in lines if re.match(r"\s*[1-7]\. ", line)]
     assert sorted(ranked) == sorted(ORGANS)
+    # a line of evidence under each of the three top organs: a corpus text, its similarity and its source
+    for rank in (1, 2, 3):
+        row = next(i for i, line in enumerate(lines) if re.match(rf"\s*{rank}\. ", line))
+        assert re.match(r'\s+evidence: ".+" \(similarity -?[01]\.\d\d; (hpo|icd10cm|clinical) ', lines[row + 1])
+
+
+@pytest.mark.slow
+def test_the_papers_scorer_is_one_override_away(tiny_bundle, tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "vomiting blood and black tarry stools"}) + "\n")
+    answers = {}
+    for scorer in ("fused", "paper"):
+        out = tmp_path / f"{scorer}.jsonl"
+        query(tiny_bundle, "--queries_file", queries, "--output_file", out, "--query_scorer", scorer)
+        answers[scorer] = json.loads(out.read_text())
+    parser = ConfigParser()
+    parser.read_config(INFERENCE)
+    aligner = load_weights(parser.get_parsed_content("aligner_def"), str(tiny_bundle["ckpt_dir"] / "alignment.pt"))
+    expected = aligner.organ_scores(torch.as_tensor(HFTextEncoder().encode(["vomiting blood and black tarry stools"])))
+    assert [answers["paper"]["scores"][o] for o in ORGANS] == pytest.approx(expected[0].tolist(), abs=1e-5)
+    assert answers["fused"]["scores"] != answers["paper"]["scores"]
+    assert answers["paper"]["evidence"] and answers["fused"]["evidence"]
+    result = query(tiny_bundle, "--text", "nausea", "--query_scorer", "papers", check=False)
+    assert result.returncode != 0 and "query_scorer must be one of ['fused', 'paper'], got 'papers'" in result.stderr
 
 
 @pytest.mark.slow

@@ -132,10 +132,14 @@ def ranking_report(
     segmentation: str,
     label_convention: str,
 ) -> str:
-    """The SR's text: the symptom text, whether it is abdominal, every organ's score by rank, and the sources.
+    """The SR's text: the symptom text, whether it is abdominal, every organ's score by rank, the corpus texts
+    behind the top organs, and the sources.
 
-    One ``<rank>. <organ>: <score>`` line per organ, best first; scores are the query's, in [0, 1].
+    One ``<rank>. <organ>: <score>`` line per organ, best first; scores are the query's, in [0, 1]. Each evidence
+    line is ``- <organ>: "<corpus text>" (similarity, source and identifier)``.
     """
+    from medsora.query.printout import format_evidence
+
     verdict = "yes" if answer["in_domain"] else "no (no abdominal organ is indicated)"
     lines = [
         "Med-SORA symptom-to-organ ranking. Research use only; not for diagnostic use.",
@@ -144,6 +148,10 @@ def ranking_report(
         "Organ ranking (score in [0, 1], higher is more likely):",
     ]
     lines += [f"{rank}. {organ}: {answer['scores'][organ]:.6f}" for rank, organ in enumerate(answer["ranking"], 1)]
+    evidence = answer.get("evidence") or []
+    if evidence:
+        lines.append("Evidence (symptom corpus texts most like these symptoms, for the top organs):")
+        lines += [f"- {item['organ']}: {format_evidence(item, width=None)}" for item in evidence]
     absent = answer.get("absent_organs") or []
     cut = answer.get("cut_organs") or []
     misread = [

@@ -6,7 +6,8 @@
 The baseline is the same frozen encoder comparing a query with the organ's name: what the encoder knows without
 any of Med-SORA's training. Out-of-domain rejection is scored on the corpus's held-out non-abdominal texts: the AUROC
 of the maximum organ score (the project's metric) and of the gate's ``P(abdominal)``, and the operating point of the
-stored threshold.
+stored threshold. Given the text index and the fusion, the fused scorer of ``query`` and the retrieval votes alone
+are scored too.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from torch.nn import functional as F
 
 from medsora.atomic_io import write_json_atomic
 from medsora.evaluation.metrics import ood_auroc, retrieval_report, threshold_operating_point
+from medsora.query.fusion import FusionParameters, fuse
 from medsora.text.alignment import TextImageAligner
 from medsora.text.corpus import SymptomCorpus
+from medsora.text.retrieval import TextIndex
 
 __all__ = ["organ_name_scores", "text_retrieval_metrics"]
 
@@ -36,8 +39,36 @@ def _report(scores: np.ndarray, labels: torch.Tensor, organs: Sequence[str]) -> 
     return retrieval_report(scores, labels.numpy().astype(bool), organs)
 
 
+def _fused_reports(
+    aligner: TextImageAligner,
+    corpus: SymptomCorpus,
+    index: TextIndex,
+    fusion: FusionParameters,
+    split: str,
+    ood_split: str,
+) -> dict[str, Any]:
+    scores, abdominal_in, votes = fuse(fusion, index, aligner, corpus.embeddings(split))
+    ood_scores, abdominal_out, _ = fuse(fusion, index, aligner, corpus.embeddings(ood_split))
+    labels = corpus.label_matrix(split)
+    return {
+        "Med-SORA fused (retrieval + learned)": _report(scores.numpy(), labels, corpus.organs),
+        "retrieval votes alone": _report(votes.numpy(), labels, corpus.organs),
+        "out-of-domain, fused": {
+            "queries": len(ood_scores),
+            "AUROC": ood_auroc(scores.max(dim=1).values.numpy(), ood_scores.max(dim=1).values.numpy()),
+            "AUROC of P(abdominal)": ood_auroc(abdominal_in.numpy(), abdominal_out.numpy()),
+            **threshold_operating_point(abdominal_in.numpy(), abdominal_out.numpy(), fusion.threshold),
+        },
+    }
+
+
 def text_retrieval_metrics(
-    aligner: TextImageAligner, corpus: SymptomCorpus, output_file: str | None = None, splits: Sequence[str] = ("test",)
+    aligner: TextImageAligner,
+    corpus: SymptomCorpus,
+    output_file: str | None = None,
+    splits: Sequence[str] = ("test",),
+    index: TextIndex | None = None,
+    fusion: FusionParameters | None = None,
 ) -> dict[str, Any]:
     """Rank-k, class- and query-wise mAP of Med-SORA, its text head alone and the zero-shot baseline, plus OOD.
 
@@ -46,10 +77,12 @@ def text_retrieval_metrics(
         corpus: the symptom corpus with its encoder.
         output_file: JSON file to write, if given.
         splits: in-domain splits to score (``"validation"``, ``"test"``); the matching OOD split is scored with each.
+        index, fusion: the text index and the fused scorer's parameters; given both, the fused scorer is scored too.
 
     Returns:
         ``{split: {"Med-SORA": report, "text head only": report, "zero-shot (organ name)": report,
-        "out-of-domain": {...}}}`` plus the settings.
+        "out-of-domain": {...}}}`` plus the settings; with ``index`` and ``fusion`` also
+        ``"Med-SORA fused (retrieval + learned)"``, ``"retrieval votes alone"`` and ``"out-of-domain, fused"``.
     """
     organs = corpus.organs
     ood_split = {"validation": "ood_validation", "test": "ood_test"}
@@ -73,6 +106,8 @@ def text_retrieval_metrics(
                 **threshold_operating_point(gate_in, gate_out, float(aligner.threshold)),
             },
         }
+        if index is not None and fusion is not None:
+            results[split].update(_fused_reports(aligner, corpus, index, fusion, split, ood_split[split]))
     if output_file:
         write_json_atomic(output_file, results)
     return results

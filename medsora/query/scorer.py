@@ -1,7 +1,8 @@
 # Copyright Med-SORA contributors
 # Licensed under the Apache License, Version 2.0 (the "License"); see LICENSE.
 
-"""Organ scores of symptom texts: the frozen encoder, then the trained aligner against organ features."""
+"""Organ scores of symptom texts: the frozen encoder, then the trained aligner against organ features, fused with
+retrieval over the corpus's training texts, and the evidence of every answer."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import numpy as np
 import torch
 
 from medsora.organs import rank_organs
+from medsora.query.evidence import organ_evidence
+from medsora.query.fusion import FusionParameters, fuse
 from medsora.query.readability import QueryVocabulary
 from medsora.text.alignment import TextImageAligner
+from medsora.text.retrieval import TextIndex
 
 __all__ = ["OrganQuery"]
 
@@ -28,6 +32,12 @@ class OrganQuery:
         batch_size: texts encoded per call.
         vocabulary: the words the model can read (``readability.QueryVocabulary``); a text mostly of other words is
             out of domain. ``None``: the domain gate alone decides.
+        index: the corpus's training texts (:mod:`medsora.text.retrieval`): the evidence of every answer, and the
+            retrieval half of the fused scorer. ``None``: answers carry no evidence.
+        fusion: the fused scorer's parameters (:mod:`medsora.query.fusion`; needs ``index``); ``None``: the paper's
+            scorer, the aligner's avgSim alone.
+        evidence_organs: how many of an answer's top organs get evidence.
+        evidence_texts: supporting texts per organ.
     """
 
     def __init__(
@@ -37,36 +47,90 @@ class OrganQuery:
         organs: Sequence[str],
         batch_size: int = 128,
         vocabulary: QueryVocabulary | None = None,
+        index: TextIndex | None = None,
+        fusion: FusionParameters | None = None,
+        evidence_organs: int = 3,
+        evidence_texts: int = 2,
     ) -> None:
         if aligner.encoder_id and aligner.encoder_id != encoder.model_id:
             raise ValueError(
                 f"the query model was trained with text encoder {aligner.encoder_id!r} but the configured encoder is "
                 f"{encoder.model_id!r}; configure the same encoder or retrain the text stages with this one."
             )
+        if fusion is not None and index is None:
+            raise ValueError("the fused scorer needs the text index; give index=, or fusion=None for the paper's.")
+        if index is not None:
+            index.check_encoder(encoder.model_id)
+            if index.organs != list(organs):
+                raise ValueError(f"the text index holds organs {index.organs}, the query model {list(organs)}.")
         self.encoder, self.aligner, self.organs = encoder, aligner.eval(), list(organs)
         self.batch_size = batch_size
         self.vocabulary = vocabulary
+        self.index, self.fusion = index, fusion
+        self.evidence_organs, self.evidence_texts = evidence_organs, evidence_texts
+
+    @property
+    def scorer(self) -> str:
+        """``"fused"`` or ``"paper"``."""
+        return "paper" if self.fusion is None else "fused"
 
     @property
     def threshold(self) -> float:
-        return float(self.aligner.threshold)
+        """The threshold on ``P(abdominal)`` behind ``in_domain``."""
+        return float(self.aligner.threshold) if self.fusion is None else self.fusion.threshold
+
+    def _score_batch(
+        self, embeddings: torch.Tensor, organ_features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        similarities = None if self.index is None else self.index.similarities(embeddings)
+        if self.fusion is None:
+            return (
+                self.aligner.organ_scores(embeddings, organ_features),
+                self.aligner.in_domain(embeddings),
+                similarities,
+            )
+        assert self.index is not None
+        scores, abdominal, _ = fuse(self.fusion, self.index, self.aligner, embeddings, organ_features, similarities)
+        return scores, abdominal >= self.fusion.threshold, similarities
+
+    def score_with_evidence(
+        self, texts: Sequence[str], organ_features: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
+        """Organ scores ``(Q, K)`` in ``[0, 1]``, the in-domain flags ``(Q,)`` and each query's evidence (empty
+        without an index); ``organ_features`` ``(K, D, d)`` replace the reference organs."""
+        scores, flags = [np.zeros((0, len(self.organs)), dtype=np.float32)], [np.zeros(0, dtype=bool)]
+        evidence: list[list[dict[str, Any]]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            embeddings = torch.as_tensor(self.encoder.encode(batch)).float()
+            batch_scores, batch_flags, similarities = self._score_batch(embeddings, organ_features)
+            scores.append(batch_scores.numpy())
+            flags.append(batch_flags.numpy())
+            if similarities is None:
+                evidence += [[] for _ in batch]
+            else:
+                rankings = [rank_organs(row, self.organs) for row in scores[-1]]
+                evidence += organ_evidence(
+                    self.index, similarities, rankings, self.evidence_organs, self.evidence_texts
+                )
+        all_scores, all_flags = np.concatenate(scores), np.concatenate(flags)
+        if self.vocabulary is not None:
+            all_scores, all_flags = self.vocabulary.gate(texts, all_scores, all_flags)
+        return all_scores, all_flags, evidence
 
     def score(self, texts: Sequence[str], organ_features: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Organ scores ``(Q, K)`` in ``[0, 1]`` and the in-domain flags ``(Q,)``; ``organ_features`` ``(K, D, d)``
         replace the reference organs."""
-        scores, flags = [np.zeros((0, len(self.organs)), dtype=np.float32)], [np.zeros(0, dtype=bool)]
-        for start in range(0, len(texts), self.batch_size):
-            embeddings = torch.as_tensor(self.encoder.encode(list(texts[start : start + self.batch_size]))).float()
-            scores.append(self.aligner.organ_scores(embeddings, organ_features).numpy())
-            flags.append(self.aligner.in_domain(embeddings).numpy())
-        if self.vocabulary is not None:
-            return self.vocabulary.gate(texts, np.concatenate(scores), np.concatenate(flags))
-        return np.concatenate(scores), np.concatenate(flags)
+        scores, flags, _ = self.score_with_evidence(texts, organ_features)
+        return scores, flags
 
-    def answer(self, scores: np.ndarray, in_domain: bool) -> dict[str, Any]:
-        """The JSON answer for one query: ``scores``, ``ranking`` and ``in_domain``."""
+    def answer(
+        self, scores: np.ndarray, in_domain: bool, evidence: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The JSON answer for one query: ``scores``, ``ranking``, ``in_domain`` and ``evidence``."""
         return {
             "scores": {organ: round(float(s), 6) for organ, s in zip(self.organs, scores)},
             "ranking": rank_organs(scores, self.organs),
             "in_domain": bool(in_domain),
+            "evidence": list(evidence or []),
         }

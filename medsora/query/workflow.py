@@ -31,12 +31,13 @@ __all__ = ["answer_queries", "run_query"]
 def answer_queries(
     query: OrganQuery, records: list[tuple[dict[str, Any], str | None]], organ_features: torch.Tensor | None = None
 ) -> list[dict[str, Any]]:
-    """Answers in input order: the input's keys plus the answer, or plus ``error`` for a bad line."""
+    """Answers in input order: the input's keys plus the answer (with its evidence), or plus ``error`` for a bad
+    line."""
     valid = [i for i, (_, error) in enumerate(records) if error is None]
-    scores, in_domain = query.score([records[i][0]["text"] for i in valid], organ_features)
+    scores, in_domain, evidence = query.score_with_evidence([records[i][0]["text"] for i in valid], organ_features)
     answers: list[dict[str, Any]] = [{**record, "error": error} for record, error in records]
     for row, i in enumerate(valid):
-        answers[i] = {**records[i][0], **query.answer(scores[row], in_domain[row])}
+        answers[i] = {**records[i][0], **query.answer(scores[row], in_domain[row], evidence[row])}
     return answers
 
 

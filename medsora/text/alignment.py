@@ -165,10 +165,15 @@ class TextImageAligner(nn.Module):
         return torch.einsum("bid,bkd->bik", self.slice_mean(images), text_mean)
 
     @torch.no_grad()
+    def avg_sim(self, embeddings: torch.Tensor, organ_features: torch.Tensor | None = None) -> torch.Tensor:
+        """avgSim ``(Q, K)`` in ``[-1, 1]`` of queries with ``organ_features`` ``(K, D, d)`` (default: reference)."""
+        features = self.reference if organ_features is None else organ_features.to(self.reference)
+        return self.project(embeddings) @ self.slice_mean(features).T
+
+    @torch.no_grad()
     def organ_scores(self, embeddings: torch.Tensor, organ_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scores ``(Q, K)`` in ``[0, 1]`` of queries against ``organ_features`` ``(K, D, d)`` (default: reference)."""
-        features = self.reference if organ_features is None else organ_features.to(self.reference)
-        relevance = (self.project(embeddings) @ self.slice_mean(features).T + 1.0) / 2.0
+        relevance = (self.avg_sim(embeddings, organ_features) + 1.0) / 2.0
         return (relevance * self.domain_weight(embeddings)).clamp(0.0, 1.0)
 
     @torch.no_grad()
