@@ -4,13 +4,16 @@ import os
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM patient coordinates are LPS, NIfTI's are RAS
 
 
-def write_dicom_series(array: np.ndarray, affine: np.ndarray, out_dir: str, intercept: float = -1024.0) -> None:
-    """One CT Image Storage file per axial slice of ``array`` (X, Y, Z) placed by the RAS ``affine``.
+def write_dicom_series(
+    array: np.ndarray, affine: np.ndarray, out_dir: str, intercept: float = -1024.0, compressed: bool = False
+) -> None:
+    """One CT Image Storage file per axial slice of ``array`` (X, Y, Z) placed by the RAS ``affine``; ``compressed``
+    stores the pixel data RLE Lossless (smaller than the uncompressed pixels, as real scanners' JPEG files are).
 
     Files are named in reverse slice order, so a reader must sort the slices by ImagePositionPatient.
     """
@@ -39,4 +42,6 @@ def write_dicom_series(array: np.ndarray, affine: np.ndarray, out_dir: str, inte
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", f"{intercept:g}", "HU"
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # rows run along y, columns along x
+        if compressed:
+            ds.compress(RLELossless)
         ds.save_as(os.path.join(out_dir, f"IM{array.shape[2] - k:04d}.dcm"), enforce_file_format=True)

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import itk
 import nibabel as nib
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from monai.transforms import LoadImage
 from medsora.image import phantom
 from medsora.image.datalist import case_datalist, check_pair, image_grid
 from medsora.image.features import organ_feature_bank
+from medsora.image.file_checks import uncompressed_pixel_bytes
 from medsora.image.gate import ImageGate
 
 
@@ -60,6 +62,23 @@ def test_a_dicom_series_reads_back_on_the_grid_of_its_nifti(case):
     shape, affine = image_grid(case["ct_dicom"])
     assert shape == case["image"].shape
     np.testing.assert_allclose(affine, case["affine"], atol=1e-4)
+
+
+def test_a_compressed_series_is_read_not_taken_for_a_cut_one(case, tmp_path):
+    """Compressed slices are smaller than their pixels: the check for cut files applies to uncompressed ones only."""
+    write_dicom_series(case["image"], case["affine"], str(tmp_path / "rle"), compressed=True)
+    sizes = [os.path.getsize(tmp_path / "rle" / name) for name in os.listdir(tmp_path / "rle")]
+    assert max(sizes) < case["image"][:, :, 0].size * 2  # each file is smaller than its slice's uncompressed pixels
+    assert case_datalist(str(tmp_path / "rle"), case["labels.nii.gz"])
+    np.testing.assert_array_equal(np.asarray(LoadImage(image_only=True)(str(tmp_path / "rle"))), case["image"])
+    declared = {}
+    for series in (case["ct_dicom"], str(tmp_path / "rle")):
+        path = os.path.join(series, sorted(os.listdir(series))[0])
+        io = itk.GDCMImageIO.New()
+        io.SetFileName(path)
+        io.ReadImageInformation()
+        declared[series] = uncompressed_pixel_bytes(io, path)
+    assert declared == {case["ct_dicom"]: case["image"][:, :, 0].size * 2, str(tmp_path / "rle"): 0}
 
 
 def test_dicom_and_nifti_grids_are_compared(case, tmp_path):

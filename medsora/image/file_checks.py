@@ -17,7 +17,13 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 
-__all__ = ["MAX_FIELD_OF_VIEW_MM", "check_dicom_series", "check_geometry", "load_nifti_header"]
+__all__ = [
+    "MAX_FIELD_OF_VIEW_MM",
+    "check_dicom_series",
+    "check_geometry",
+    "load_nifti_header",
+    "uncompressed_pixel_bytes",
+]
 
 #: no CT is larger than this along an axis; a header that says so has a wrong spacing
 MAX_FIELD_OF_VIEW_MM = 3000.0
@@ -100,16 +106,20 @@ def check_geometry(path: str, shape: Sequence[int], affine: np.ndarray) -> tuple
     return shape[:3]
 
 
-def _pixel_bytes(io: object) -> int:
+def uncompressed_pixel_bytes(io: object, path: str) -> int:
     """Bytes of uncompressed pixel data a DICOM slice declares (0 for compressed transfer syntaxes, which can be
-    smaller), from the header ``itk.GDCMImageIO`` read."""
+    smaller), from the header ``itk.GDCMImageIO`` read. The transfer syntax is in the file meta group, which GDCM keeps
+    out of ITK's dictionary, so pydicom reads it."""
+    import pydicom
+
+    meta = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta
+    if str(meta.get("TransferSyntaxUID", UNCOMPRESSED[0])) not in UNCOMPRESSED:
+        return 0
     tags = io.GetMetaDataDictionary()
 
     def tag(key: str, default: str = "0") -> str:
         return str(tags[key]).strip(" \0") if tags.HasKey(key) else default
 
-    if tag("0002|0010", UNCOMPRESSED[0]) not in UNCOMPRESSED:
-        return 0
     return int(tag("0028|0010")) * int(tag("0028|0011")) * int(tag("0028|0002", "1")) * int(tag("0028|0100")) // 8
 
 
@@ -148,7 +158,7 @@ def check_dicom_series(directory: str, files: Sequence[str], tolerance: float = 
             io.ReadImageInformation()
         except RuntimeError as e:
             raise ValueError(f"{path} in DICOM series {directory} is not a readable DICOM slice: {e}") from e
-        pixels = _pixel_bytes(io)
+        pixels = uncompressed_pixel_bytes(io, path)
         if os.path.getsize(path) < pixels:
             raise ValueError(
                 f"{path} in DICOM series {directory} is cut short: it cannot hold its {pixels} bytes of pixel data."
