@@ -16,7 +16,7 @@ Submodules are imported on first use: a query never imports the evaluation or th
 
 from medsora._lazy import lazy_submodules
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __getattr__, __dir__ = lazy_submodules(
     __name__,
