@@ -232,6 +232,21 @@ def test_a_query_model_scores_in_the_unit_interval_and_low_outside_the_abdomen(c
     assert scores[3:].max(axis=1).max() < scores[:3].max(axis=1).min()
 
 
+def test_organs_on_the_reference_features_keep_their_text_only_fused_scores(corpus, index_file):
+    """The image gate's promise under the fused scorer: only the organs read on the patient's CT move."""
+    index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
+    aligner = untrained_aligner()
+    query = OrganQuery(corpus.encoder, aligner, ORGANS, index=index, fusion=FusionParameters())
+    texts = list(UNAMBIGUOUS.values())
+    text_only, _ = query.score(texts)
+    patient = aligner.reference.clone()
+    patient[[0, 4]] = torch.randn_like(patient[[0, 4]])  # liver and spleen read on the CT, the rest on the reference
+    on_ct, _ = query.score(texts, patient)
+    np.testing.assert_array_equal(np.delete(on_ct, [0, 4], axis=1), np.delete(text_only, [0, 4], axis=1))
+    assert not np.allclose(on_ct[:, [0, 4]], text_only[:, [0, 4]])
+    assert on_ct.min() >= 0.0 and on_ct.max() <= 1.0
+
+
 def test_the_paper_scorer_is_the_aligners_and_keeps_evidence(corpus, index_file):
     index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
     aligner = untrained_aligner()

@@ -68,7 +68,7 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(dataset, t
     files = {
         run: sorted(p.name for p in (tmp_path / run).iterdir() if p.is_file()) for run in ("straight", "interrupted")
     }
-    assert files["straight"] == files["interrupted"] == ["checkpoint_epoch=3.pt", "model.pt"]
+    assert files["straight"] == files["interrupted"] == ["checkpoint_epoch=3.pt", "image_gate.json", "model.pt"]
     for name in files["straight"]:
         assert (tmp_path / "straight" / name).read_bytes() == (tmp_path / "interrupted" / name).read_bytes(), name
 

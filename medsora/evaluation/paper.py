@@ -233,6 +233,7 @@ def _ct_figures(
         image_network=network,
         image_weights=image_weights,
         preprocessing=preprocessing,
+        image_gate=os.path.join(grid.image_dir(seed, d.structure), "models", "image_gate.json"),
     )
     figures = {f'Fig. 7: "{a["text"]}"': a["figure"] for a in answers if "figure" in a}
     fusion = getattr(network, "fusion", None)

@@ -91,7 +91,23 @@ class OrganQuery:
             )
         assert self.index is not None
         scores, abdominal, _ = fuse(self.fusion, self.index, self.aligner, embeddings, organ_features, similarities)
+        if organ_features is not None:
+            scores = self._keep_reference_scores(scores, embeddings, organ_features, similarities)
         return scores, abdominal >= self.fusion.threshold, similarities
+
+    def _keep_reference_scores(
+        self, scores: torch.Tensor, embeddings: torch.Tensor, organ_features: torch.Tensor, similarities: torch.Tensor
+    ) -> torch.Tensor:
+        """The fused scores couple the organs (a softmax over them, the top organ's share), so a patient's features for
+        one organ would move the others' scores too. An organ that takes the reference features (the image gate's
+        fallback) keeps exactly its text-only score: a CT the network cannot read never changes that organ's answer."""
+        assert self.fusion is not None and self.index is not None
+        reference = self.aligner.reference
+        on_reference = (organ_features.to(reference) == reference).flatten(1).all(dim=1)
+        if not on_reference.any():
+            return scores
+        text_only, _, _ = fuse(self.fusion, self.index, self.aligner, embeddings, None, similarities)
+        return torch.where(on_reference[None, :], text_only, scores)
 
     def score_with_evidence(
         self, texts: Sequence[str], organ_features: torch.Tensor | None = None
