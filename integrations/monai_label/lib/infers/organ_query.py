@@ -219,7 +219,7 @@ class OrganQueryInfer(BasicInferTask):
             "ranking": answer["ranking"],
             "in_domain": answer["in_domain"],
             "evidence": answer["evidence"],
-            "image_features": answer["evidence" : answer["evidence"], "image_features"],
+            "image_features": answer["image_features"],
             "absent_organs": answer["absent_organs"],
             "cut_organs": answer["cut_organs"],
             "result_map": result_map,
