@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 
-from medsora.cli.pipeline import Stage, format_duration, run_pipeline
+from medsora.cli.pipeline import Stage, run_pipeline
 from medsora.cli.runner import find_bundle_root, parse_configs
+from medsora.progress import format_duration
 
 __all__ = ["Commands", "DEMO_QUERY"]
 
@@ -50,10 +51,14 @@ def _image_summary(run_dir: str) -> str:
 
 
 def _text_summary(run_dir: str) -> str:
+    """The test split's scores of the scorer `query` uses: the fused one when the run built it."""
     test = _read_json(os.path.join(run_dir, "eval", "text_metrics.json"))["test"]
+    fused = "Med-SORA fused (retrieval + learned)" in test
+    scores = test["Med-SORA fused (retrieval + learned)" if fused else "Med-SORA"]
+    ood = test["out-of-domain, fused" if fused else "out-of-domain"]
     return (
-        f"test Rank-1 {test['Med-SORA']['Rank-1']:.3f}, class-wise mAP {test['Med-SORA']['mAP (class-wise)']:.3f}, "
-        f"out-of-domain AUROC {test['out-of-domain']['AUROC']:.3f}"
+        f"test Rank-1 {scores['Rank-1']:.3f}, class-wise mAP {scores['mAP (class-wise)']:.3f}, "
+        f"out-of-domain AUROC {ood['AUROC']:.3f}"
     )
 
 
@@ -237,8 +242,7 @@ class Commands:
         run_dir = os.path.abspath(run_dir or os.path.join(root, "runs", "evaluate"))
         overrides = _run_overrides(run_dir, dataset_dir, label_convention)
         overrides["ckpt_dir"] = os.path.abspath(ckpt_dir) if ckpt_dir else os.path.join(root, "models")
-        run_workflow(root, EVALUATE, "evaluate" if tables else "evaluate_image", overrides)
-        print(f"{_image_summary(run_dir)}: {os.path.join(run_dir, 'eval', 'image_metrics.json')}")
+        run_workflow(root, EVALUATE, "evaluate" if tables else "evaluate_image", overrides)  # prints the report
         if tables:
             print(f"tables and figures: {os.path.join(run_dir, 'eval', 'report.md')}")
 
