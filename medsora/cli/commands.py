@@ -27,7 +27,7 @@ EVALUATE = ("train.yaml", "evaluate.yaml")
 DEMO_QUERY = "Colicky pain in the right upper quadrant after fatty meals, with nausea"
 SHIPPED_FILES = ("model.pt", "text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt")
 CONVENTION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-#: `--quick`: five small phantom CTs and short schedules, to check a set-up in a minute or two (the models are weak)
+#: `--quick`: five small phantom CTs and short schedules, to check a set-up quickly (the models are weak)
 QUICK = {
     "phantom#num_cases": 5,
     "phantom#num_validation": 2,
@@ -129,6 +129,10 @@ class Commands:
     ) -> None:
         """Rank the seven organs for a symptom text (or every line of a JSONL file), optionally on a patient's CT.
 
+        A score is an organ's relevance to the symptoms, in [0, 1]; scores are not probabilities and need not sum to
+        one. The printout also says whether the text points to the abdomen (its P(abdominal) against the threshold)
+        and names the corpus text behind each top organ.
+
         Args:
             text: the symptom text, e.g. "painless jaundice and weight loss".
             queries_file: instead of text: a JSONL file, one {"text": ...} per line.
@@ -175,7 +179,7 @@ class Commands:
 
         Args:
             run_dir: where every output goes (data, models, metrics); default: the bundle's runs/demo.
-            quick: five small CTs and short schedules: checks a set-up in a minute or two; the models are weak.
+            quick: five small CTs and short schedules: checks a set-up; the models are weak.
             install: copy the trained weights over the bundle's shipped ones at the end.
             bundle_root: the Med-SORA bundle directory.
         """
@@ -201,7 +205,7 @@ class Commands:
 
         Args:
             dataset_dir: CTs in the BTCV layout (imagesTr/, labelsTr/, dataset_0.json with training and validation
-                lists); default: generated phantom CTs.
+                lists); without it, generated phantom CTs.
             label_convention: the label ids of the label maps (btcv, totalsegmentator, or one added to the configs).
             run_dir: where every output goes (default: the bundle's runs/train); a rerun resumes at the first stage
                 that is not current.
