@@ -62,18 +62,18 @@ def _text_summary(run_dir: str) -> str:
     )
 
 
-PREPARE = Stage("data", "generate the phantom CTs", TRAIN, "prepare_data", ("data/phantom/dataset_0.json",), 75)
-TRAIN_IMAGE = Stage("image", "train the image network", TRAIN, "training", ("models/model.pt",), 150)
+PREPARE = Stage("data", "generate the phantom CTs", TRAIN, "prepare_data", ("data/phantom/dataset_0.json",), 20)
+TRAIN_IMAGE = Stage("image", "train the image network", TRAIN, "training", ("models/model.pt",), 195)
 EVALUATE_IMAGE = Stage(
     "evaluate",
     "score it on the held-out CTs",
     EVALUATE,
     "evaluate_image",
     ("eval/image_metrics.json",),
-    15,
+    5,
     _image_summary,
 )
-TRAIN_TEXT = Stage("text", "train the text side", TEXT, "train_text", ("models/alignment.pt",), 120, _text_summary)
+TRAIN_TEXT = Stage("text", "train the text side", TEXT, "train_text", ("models/alignment.pt",), 65, _text_summary)
 
 
 def _convention(name: str) -> str:
