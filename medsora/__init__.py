@@ -22,6 +22,7 @@ __getattr__, __dir__ = lazy_submodules(
     __name__,
     (
         "atomic_io",
+        "bundle_location",
         "checkpoints",
         "config_check",
         "determinism",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -26,6 +25,7 @@ from fire.parser import DefaultParseValue
 from monai.bundle import ComponentLocator, ConfigComponent, ConfigParser
 from monai.utils import optional_import
 
+from medsora.bundle_location import cli_options, is_bundle_command
 from medsora.literal_options import LITERAL_OPTIONS, rerun_as_typed
 
 __all__ = ["check_cli_overrides", "error_message", "override_type_errors", "unknown_override_keys"]
@@ -48,18 +48,6 @@ RUN_ARGUMENTS = {
 TYPO_CUTOFF = 0.9
 # the messages with which MONAI wraps the error of a config expression, a component or a transform
 MONAI_WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform")
-
-
-def _cli_options(argv: Sequence[str]) -> dict[str, str]:
-    """``--key value`` and ``--key=value`` pairs of a command line, in order."""
-    options: dict[str, str] = {}
-    args = list(argv)
-    for i, arg in enumerate(args):
-        if not arg.startswith("--"):
-            continue
-        key, sep, value = arg[2:].partition("=")
-        options[key] = value if sep else (args[i + 1] if i + 1 < len(args) else "")
-    return options
 
 
 def _parameters(component: Mapping[str, Any], locator: ComponentLocator) -> set[str] | None:
@@ -149,13 +137,13 @@ def check_cli_overrides(argv: Sequence[str] | None = None) -> None:
     """
     own = argv is None  # this process's own command line, not one given to check
     argv = sys.argv if argv is None else argv
-    if len(argv) < 2 or argv[1] != "run" or not argv[0].endswith(os.path.join("monai", "bundle", "__main__.py")):
+    if not is_bundle_command(argv) or argv[1] != "run":
         return
     if own:
         sys.excepthook = _print_error
-    options = _cli_options(argv[2:])
-    config_files = options.get("config_file", "")
-    files = ast.literal_eval(config_files) if config_files.startswith("[") else config_files
+    options = cli_options(argv[2:])
+    typed = options.get("config_file", "")
+    files = ast.literal_eval(typed) if typed.startswith("[") else typed
     parser = ConfigParser()
     parser.read_config(files)
     overrides = {key: value for key, value in options.items() if key not in RUN_ARGUMENTS}

@@ -22,6 +22,7 @@ module there. ``--queries_file`` is read by the bundle itself and takes any text
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -111,16 +112,19 @@ def _run_as_typed(
 
     _rerun = True
     try:
-        run(
-            run_id,
-            init_id,
-            final_id,
-            meta_file,
-            config_file,
-            logging_file,
-            tracking,
-            args_file,
-            **literal_overrides(override),
-        )
+        with warnings.catch_warnings():
+            # the first run of this command line has shown MONAI's notice about trusting config files already
+            warnings.filterwarnings("ignore", message="parsing config_file")
+            run(
+                run_id,
+                init_id,
+                final_id,
+                meta_file,
+                config_file,
+                logging_file,
+                tracking,
+                args_file,
+                **literal_overrides(override),
+            )
     finally:
         _rerun = False

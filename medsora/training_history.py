@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from ignite.engine import Engine, Events
 
 from medsora.atomic_io import write_json_atomic
@@ -15,22 +13,20 @@ __all__ = ["LossHistory"]
 
 
 class LossHistory:
-    """Mean loss of every epoch, logged every ``log_interval`` epochs and written to a JSON file when training ends.
+    """Mean loss of every epoch, written to a JSON file when training ends.
 
-    Per-iteration logging of a trainer with thousands of tiny iterations would drown the log; this keeps one
-    number per epoch instead.
+    A trainer with thousands of tiny iterations keeps one number per epoch here; the terminal shows only a progress
+    bar and a summary line (:class:`medsora.progress.StageProgress`).
 
     Args:
-        name: stage name used in the log and the file.
+        name: stage name recorded in the file.
         history_file: JSON file ``{"stage": name, "epoch_loss": [...]}`` written at the end (atomically).
-        log_interval: epochs between log lines (the first and last epochs are always logged).
     """
 
-    def __init__(self, name: str, history_file: str, log_interval: int = 25) -> None:
-        self.name, self.history_file, self.log_interval = name, history_file, max(1, log_interval)
+    def __init__(self, name: str, history_file: str) -> None:
+        self.name, self.history_file = name, history_file
         self.epoch_loss: list[float] = []
         self._sum, self._count = 0.0, 0
-        self.logger = logging.getLogger(f"medsora.{name}")
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -45,12 +41,9 @@ class LossHistory:
         self._sum += float(engine.state.output["loss"].detach())
         self._count += 1
 
-    def _close_epoch(self, engine: Engine) -> None:
+    def _close_epoch(self, _: Engine) -> None:
         self.epoch_loss.append(self._sum / max(self._count, 1))
         self._sum, self._count = 0.0, 0
-        epoch = engine.state.epoch
-        if epoch == 1 or epoch % self.log_interval == 0 or epoch == engine.state.max_epochs:
-            self.logger.info(f"{self.name} epoch {epoch}/{engine.state.max_epochs}: loss {self.epoch_loss[-1]:.5f}")
 
     def _write(self, _: Engine) -> None:
         write_json_atomic(self.history_file, {"stage": self.name, "epoch_loss": self.epoch_loss})

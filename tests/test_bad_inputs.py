@@ -275,7 +275,7 @@ def test_a_tampered_weights_file_is_named(tmp_path):
     parser.read_config(INFERENCE)
     network = parser.get_parsed_content("network_def")
     with open(tmp_path / "model.pt", "wb") as f:
-        pickle.dump({"model": Payload()}, f)
+        pickle.dump({"model": Payload()}, f, protocol=2)  # torch.save's protocol: only the payload is wrong
     with pytest.raises(
         RuntimeError,
         match=r"model.pt cannot be loaded as weights \(torch.load with weights_only=True\).*"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -22,7 +23,18 @@ def test_training_writes_best_and_last_checkpoints_and_logs(tiny_bundle):
     assert last["checkpointer"]["_saved"] == [(2, "checkpoint_epoch=2.pt")]
     assert len(last["best_model"]["_saved"]) == 1 and 0 <= last["best_model"]["_saved"][0][0] <= 1
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]  # saved after epoch 2
-    assert "Epoch[2] Metrics -- val_accuracy" in tiny_bundle["image_log"]
+    # one summary line instead of per-iteration and per-epoch log lines: the losses and the best validation score
+    log = tiny_bundle["image_log"]
+    number = r"(\d+\.\d{4})"
+    line = (
+        rf"^image network: 2 epochs in \d+ s; loss {number} -> {number}; best val_accuracy (\d\.\d{{3}}) at epoch (\d)$"
+    )
+    summary = re.findall(line, log, re.MULTILINE)
+    assert len(summary) == 1, log
+    first, final, best, epoch = summary[0]
+    assert float(first) > 0 and float(final) > 0
+    assert float(best) == round(last["best_model"]["_saved"][0][0], 3) and int(epoch) in (1, 2)
+    assert "Epoch[" not in log and "train_loss:" not in log and "Engine run" not in log
 
 
 @pytest.mark.slow

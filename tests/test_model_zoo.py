@@ -1,6 +1,7 @@
 """What the MONAI model zoo checks before it takes a bundle: files, metadata, version, large files, runnable configs."""
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -107,12 +108,15 @@ def test_the_library_the_configs_name_is_a_required_package_of_this_version():
 
 
 def test_metadata_validates_against_the_shipped_schema(tmp_path):
-    verify_metadata(meta_file=META_FILE, filepath=SCHEMA)
+    digest = hashlib.md5(open(SCHEMA, "rb").read()).hexdigest()  # the schema's integrity is checked too
+    verify_metadata(meta_file=META_FILE, filepath=SCHEMA, hash_val=digest)
     broken = {k: v for k, v in metadata().items() if k != "copyright"}
     (tmp_path / "metadata.json").write_text(json.dumps(broken))
     (tmp_path / "schema.json").write_text(open(SCHEMA).read())  # present, so nothing is downloaded
     with pytest.raises(ValueError, match="'copyright' is a required property"):
-        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(tmp_path / "schema.json"))
+        verify_metadata(
+            meta_file=str(tmp_path / "metadata.json"), filepath=str(tmp_path / "schema.json"), hash_val=digest
+        )
 
 
 def test_every_file_over_25_mb_is_listed_in_large_files_yml():

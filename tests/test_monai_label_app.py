@@ -1,6 +1,7 @@
 """The MONAI Label app (integrations/monai_label) serves the bundle: a real server on 127.0.0.1, real NIfTI uploads.
 
-Needs the [label] extra; without it every test here is skipped with the reason.
+Needs the [label] extra, in an environment of its own; without it every test here is skipped, naming the command
+that makes that environment.
 """
 
 import importlib.util
@@ -17,7 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("monailabel", reason="MONAI Label app tests need the [label] extra: pip install -e '.[label]'")
+# the [label] extra pins pydicom<3, which breaks the [test] extra: an environment of its own (README.md, .ci/run)
+NEEDS_EXTRA = (
+    "MONAI Label app tests need the [label] extra in an environment of its own: python3 -m venv .venv-label && "
+    ". .venv-label/bin/activate && pip install torch==2.13.0 && pip list --format=freeze | grep -E "
+    "'^(torch|torchvision)==' > .venv-label/torch-pins.txt && PIP_CONSTRAINT=.venv-label/torch-pins.txt pip install "
+    '-e ".[label]" pytest && pip uninstall -y torchvision && python -m pytest -q tests/test_monai_label_app.py'
+)
+pytest.importorskip("monailabel", reason=NEEDS_EXTRA)
 
 import httpx  # noqa: E402  (monailabel depends on both)
 from helpers import BTCV, BUNDLE_ROOT, INFERENCE, ORGANS, REPO_ROOT  # noqa: E402

@@ -123,7 +123,7 @@ def test_anatomical_sides_after_monai_orientation(dataset):
         [
             LoadImaged(keys=["image", "label"]),
             EnsureChannelFirstd(keys=["image", "label"]),
-            Orientationd(keys=["image", "label"], axcodes="RAS"),
+            Orientationd(keys=["image", "label"], axcodes="RAS", labels=None),  # as the configs do
         ]
     )
     for item in _items(path)[1]:

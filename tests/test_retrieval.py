@@ -11,7 +11,7 @@ from helpers import ORGANS
 
 from medsora.evaluation.scorer_ablation import scorer_ablation
 from medsora.query import OrganQuery
-from medsora.query.fusion import FusionParameters, fused_scores, load_fusion, query_fusion, retrieval_votes
+from medsora.query.fusion import FusionParameters, fuse, fused_scores, load_fusion, query_fusion, retrieval_votes
 from medsora.query.fusion_choice import choose_fusion
 from medsora.text.alignment import TextImageAligner
 from medsora.text.corpus import SymptomCorpus
@@ -187,11 +187,17 @@ def test_unambiguous_queries_find_their_organs_texts(corpus, index_file):
 def test_evidence_names_the_corpus_records_behind_each_top_organ(corpus, index_file):
     index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
     query = OrganQuery(corpus.encoder, untrained_aligner(), ORGANS, index=index, fusion=FusionParameters())
-    scores, flags, evidence = query.score_with_evidence(list(UNAMBIGUOUS.values()))
+    scores, flags, evidence, p_abdominal = query.score_with_evidence(list(UNAMBIGUOUS.values()))
     records = {r["text"]: r for r in corpus.records["train"]}
     embeddings = torch.nn.functional.normalize(torch.as_tensor(corpus.encoder.encode(list(UNAMBIGUOUS.values()))))
+    # P(abdominal) is the fused scorer's own, the one in_domain compares with the threshold
+    texts = list(UNAMBIGUOUS.values())
+    fused_p = fuse(query.fusion, index, query.aligner, torch.as_tensor(corpus.encoder.encode(texts)).float())[1]
+    np.testing.assert_allclose(p_abdominal, fused_p.numpy(), atol=1e-5)
+    assert (flags == (p_abdominal >= query.threshold)).all()
     for row, items in enumerate(evidence):
-        answer = query.answer(scores[row], flags[row], items)
+        answer = query.answer(scores[row], flags[row], items, p_abdominal[row])
+        assert answer["p_abdominal"] == pytest.approx(float(p_abdominal[row]), abs=1e-6)
         assert [item["organ"] for item in items] == [o for o in answer["ranking"][:3] for _ in range(2)]
         assert answer["evidence"] == items
         for item in items:
@@ -252,9 +258,11 @@ def test_the_paper_scorer_is_the_aligners_and_keeps_evidence(corpus, index_file)
     aligner = untrained_aligner()
     texts = list(UNAMBIGUOUS.values())
     paper = OrganQuery(corpus.encoder, aligner, ORGANS, index=index, fusion=query_fusion("paper", "unused.json"))
-    scores, flags, evidence = paper.score_with_evidence(texts)
+    scores, flags, evidence, p_abdominal = paper.score_with_evidence(texts)
     embeddings = torch.as_tensor(corpus.encoder.encode(texts))
     np.testing.assert_allclose(scores, aligner.organ_scores(embeddings).numpy(), atol=1e-6)
+    np.testing.assert_allclose(p_abdominal, aligner.abdominal_probability(embeddings)[:, 0].numpy(), atol=1e-6)
+    assert (flags == aligner.in_domain(embeddings).numpy()).all()
     assert paper.scorer == "paper" and paper.threshold == float(aligner.threshold)
     assert all(len(items) == 6 for items in evidence)
     assert OrganQuery(corpus.encoder, aligner, ORGANS).score_with_evidence(texts)[2] == [[], [], []]

@@ -49,6 +49,36 @@ def test_every_stage_writes_its_file(tiny_bundle):
 
 
 @pytest.mark.slow
+def test_each_text_stage_prints_one_summary_line_and_the_run_a_short_metrics_summary(tiny_bundle):
+    log = tiny_bundle["text_log"]
+    assert "Epoch[" not in log and '"AP per organ"' not in log  # no per-epoch lines, no JSON dump
+    for title, epochs in (
+        ("organ anchors", "anchor_epochs"),
+        ("domain gate", "gate_epochs"),
+        ("alignment", "align_epochs"),
+    ):
+        lines = re.findall(rf"^{title}: (\d+) epochs in \d+ s; loss [\d.]+ -> [\d.]+$", log, re.MULTILINE)
+        assert lines == [str(TINY_TEXT[epochs])], title
+    history = json.loads((tiny_bundle["output_dir"] / "text_training" / "text_loss.json").read_text())
+    (text_line,) = re.findall(r"^text model: .*$", log, re.MULTILINE)  # early stopping: its best validation loss
+    assert re.fullmatch(
+        rf"text model: {len(history['epoch_loss'])}( of {TINY_TEXT['text_epochs']})? epochs in \d+ s; loss "
+        rf"{history['epoch_loss'][0]:.4f} -> {history['epoch_loss'][-1]:.4f}; best validation_loss [\d.]+ at epoch \d+",
+        text_line,
+    ), text_line
+    metrics_file = tiny_bundle["output_dir"] / "text_metrics.json"
+    test = json.loads(metrics_file.read_text())["test"]
+    fused, paper = test["Med-SORA fused (retrieval + learned)"], test["Med-SORA"]
+    assert f"text side on the corpus's test split ({test['queries']} queries):" in log
+    assert (
+        f"  fused (query's default)  Rank-1 {fused['Rank-1']:.3f}  Rank-3 {fused['Rank-3']:.3f}  class-wise mAP "
+        f"{fused['mAP (class-wise)']:.3f}  out-of-domain AUROC {test['out-of-domain, fused']['AUROC']:.3f}"
+    ) in log
+    assert f"  paper's scorer           Rank-1 {paper['Rank-1']:.3f}" in log
+    assert f"(every split, per-organ AP, out-of-domain operating points): {metrics_file}" in log
+
+
+@pytest.mark.slow
 def test_soft_labels_point_to_the_right_organ(tiny_bundle):
     encoder = HFTextEncoder()
     anchors = load_anchors(str(tiny_bundle["ckpt_dir"] / "text_anchors.pt"), encoder.dim, 7)

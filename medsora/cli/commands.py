@@ -14,8 +14,9 @@ import shutil
 import subprocess
 import sys
 
-from medsora.cli.pipeline import Stage, format_duration, run_pipeline
+from medsora.cli.pipeline import Stage, run_pipeline
 from medsora.cli.runner import find_bundle_root, parse_configs
+from medsora.progress import format_duration
 
 __all__ = ["Commands", "DEMO_QUERY"]
 
@@ -26,7 +27,7 @@ EVALUATE = ("train.yaml", "evaluate.yaml")
 DEMO_QUERY = "Colicky pain in the right upper quadrant after fatty meals, with nausea"
 SHIPPED_FILES = ("model.pt", "text_anchors.pt", "text_model.pt", "domain_gate.pt", "alignment.pt")
 CONVENTION_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-#: `--quick`: five small phantom CTs and short schedules, to check a set-up in a minute or two (the models are weak)
+#: `--quick`: five small phantom CTs and short schedules, to check a set-up quickly (the models are weak)
 QUICK = {
     "phantom#num_cases": 5,
     "phantom#num_validation": 2,
@@ -50,25 +51,29 @@ def _image_summary(run_dir: str) -> str:
 
 
 def _text_summary(run_dir: str) -> str:
+    """The test split's scores of the scorer `query` uses: the fused one when the run built it."""
     test = _read_json(os.path.join(run_dir, "eval", "text_metrics.json"))["test"]
+    fused = "Med-SORA fused (retrieval + learned)" in test
+    scores = test["Med-SORA fused (retrieval + learned)" if fused else "Med-SORA"]
+    ood = test["out-of-domain, fused" if fused else "out-of-domain"]
     return (
-        f"test Rank-1 {test['Med-SORA']['Rank-1']:.3f}, class-wise mAP {test['Med-SORA']['mAP (class-wise)']:.3f}, "
-        f"out-of-domain AUROC {test['out-of-domain']['AUROC']:.3f}"
+        f"test Rank-1 {scores['Rank-1']:.3f}, class-wise mAP {scores['mAP (class-wise)']:.3f}, "
+        f"out-of-domain AUROC {ood['AUROC']:.3f}"
     )
 
 
-PREPARE = Stage("data", "generate the phantom CTs", TRAIN, "prepare_data", ("data/phantom/dataset_0.json",), 75)
-TRAIN_IMAGE = Stage("image", "train the image network", TRAIN, "training", ("models/model.pt",), 150)
+PREPARE = Stage("data", "generate the phantom CTs", TRAIN, "prepare_data", ("data/phantom/dataset_0.json",), 20)
+TRAIN_IMAGE = Stage("image", "train the image network", TRAIN, "training", ("models/model.pt",), 195)
 EVALUATE_IMAGE = Stage(
     "evaluate",
     "score it on the held-out CTs",
     EVALUATE,
     "evaluate_image",
     ("eval/image_metrics.json",),
-    15,
+    5,
     _image_summary,
 )
-TRAIN_TEXT = Stage("text", "train the text side", TEXT, "train_text", ("models/alignment.pt",), 120, _text_summary)
+TRAIN_TEXT = Stage("text", "train the text side", TEXT, "train_text", ("models/alignment.pt",), 65, _text_summary)
 
 
 def _convention(name: str) -> str:
@@ -124,6 +129,10 @@ class Commands:
     ) -> None:
         """Rank the seven organs for a symptom text (or every line of a JSONL file), optionally on a patient's CT.
 
+        A score is an organ's relevance to the symptoms, in [0, 1]; scores are not probabilities and need not sum to
+        one. The printout also says whether the text points to the abdomen (its P(abdominal) against the threshold)
+        and names the corpus text behind each top organ.
+
         Args:
             text: the symptom text, e.g. "painless jaundice and weight loss".
             queries_file: instead of text: a JSONL file, one {"text": ...} per line.
@@ -170,7 +179,7 @@ class Commands:
 
         Args:
             run_dir: where every output goes (data, models, metrics); default: the bundle's runs/demo.
-            quick: five small CTs and short schedules: checks a set-up in a minute or two; the models are weak.
+            quick: five small CTs and short schedules: checks a set-up; the models are weak.
             install: copy the trained weights over the bundle's shipped ones at the end.
             bundle_root: the Med-SORA bundle directory.
         """
@@ -196,7 +205,7 @@ class Commands:
 
         Args:
             dataset_dir: CTs in the BTCV layout (imagesTr/, labelsTr/, dataset_0.json with training and validation
-                lists); default: generated phantom CTs.
+                lists); without it, generated phantom CTs.
             label_convention: the label ids of the label maps (btcv, totalsegmentator, or one added to the configs).
             run_dir: where every output goes (default: the bundle's runs/train); a rerun resumes at the first stage
                 that is not current.
@@ -237,8 +246,7 @@ class Commands:
         run_dir = os.path.abspath(run_dir or os.path.join(root, "runs", "evaluate"))
         overrides = _run_overrides(run_dir, dataset_dir, label_convention)
         overrides["ckpt_dir"] = os.path.abspath(ckpt_dir) if ckpt_dir else os.path.join(root, "models")
-        run_workflow(root, EVALUATE, "evaluate" if tables else "evaluate_image", overrides)
-        print(f"{_image_summary(run_dir)}: {os.path.join(run_dir, 'eval', 'image_metrics.json')}")
+        run_workflow(root, EVALUATE, "evaluate" if tables else "evaluate_image", overrides)  # prints the report
         if tables:
             print(f"tables and figures: {os.path.join(run_dir, 'eval', 'report.md')}")
 

@@ -22,8 +22,9 @@ from typing import Any
 import medsora
 from medsora.atomic_io import write_json_atomic
 from medsora.cli.runner import config_path, run_workflow
+from medsora.progress import format_duration
 
-__all__ = ["Stage", "format_duration", "run_pipeline"]
+__all__ = ["Stage", "run_pipeline"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,6 @@ class Stage:
     outputs: tuple[str, ...]
     estimate_s: float
     summary: Callable[[str], str] = field(default=lambda _: "", compare=False)
-
-
-def format_duration(seconds: float) -> str:
-    """``95`` -> ``"1 min 35 s"``; under a minute ``"42 s"``."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def _fingerprint(stage: Stage, bundle_root: str, overrides: Mapping[str, Any], previous: str) -> str:

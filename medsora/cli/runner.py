@@ -13,24 +13,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medsora.bundle_location import find_bundle_root
 from medsora.literal_options import literal_overrides
 
 __all__ = ["config_path", "find_bundle_root", "parse_configs", "quiet", "run_workflow"]
-
-BUNDLE_ENV = "MEDSORA_BUNDLE"
-
-
-def find_bundle_root(bundle_root: str | None = None) -> str:
-    """The Med-SORA bundle directory: ``bundle_root``, else ``$MEDSORA_BUNDLE``, else the ``bundle/`` of the checkout
-    this library is installed from; the error says how to name it when none holds ``configs/inference.yaml``."""
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundle")
-    candidate = bundle_root or os.environ.get(BUNDLE_ENV) or checkout
-    if not os.path.isfile(os.path.join(candidate, "configs", "inference.yaml")):
-        raise FileNotFoundError(
-            f"no Med-SORA bundle at {candidate} (expected configs/inference.yaml there): pass --bundle_root DIR or set "
-            f"{BUNDLE_ENV}=DIR, the bundle directory holding configs/ and models/."
-        )
-    return os.path.abspath(candidate)
 
 
 def config_path(bundle_root: str, name: str) -> str:

@@ -12,6 +12,7 @@ where it stopped and a finished one is only re-scored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -168,9 +169,16 @@ class ExperimentGrid:
                 "that directory to retrain it, or give another --evaluation#work_dir."
             )
         print(f"[evaluate] {run_id}: {os.path.relpath(run_dir, self.work_dir)}", flush=True)
-        workflow = ConfigWorkflow(
-            config_file=config_files, workflow_type=None, run_id=run_id, **literal_overrides(overrides)
-        )
+        # MONAI logs two set-up notices for every workflow it builds; this command showed them once already
+        notices = logging.getLogger("monai.bundle.workflows")
+        level = notices.level
+        notices.setLevel(logging.WARNING)
+        try:
+            workflow = ConfigWorkflow(
+                config_file=config_files, workflow_type=None, run_id=run_id, **literal_overrides(overrides)
+            )
+        finally:
+            notices.setLevel(level)
         workflow.initialize()
         workflow.run()
         workflow.finalize()

@@ -12,7 +12,7 @@ are scored too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,14 @@ from medsora.text.alignment import TextImageAligner
 from medsora.text.corpus import SymptomCorpus
 from medsora.text.retrieval import TextIndex
 
-__all__ = ["organ_name_scores", "text_retrieval_metrics"]
+__all__ = ["metrics_summary", "organ_name_scores", "text_retrieval_metrics"]
+
+#: the scorers of the summary: name in the summary, its report and its out-of-domain report in the metrics
+SUMMARY_ROWS = (
+    ("fused (query's default)", "Med-SORA fused (retrieval + learned)", "out-of-domain, fused"),
+    ("paper's scorer", "Med-SORA", "out-of-domain"),
+    ("zero-shot (organ name)", "zero-shot (organ name)", None),
+)
 
 
 def organ_name_scores(encoder: Any, embeddings: torch.Tensor, organs: Sequence[str]) -> np.ndarray:
@@ -111,3 +118,25 @@ def text_retrieval_metrics(
     if output_file:
         write_json_atomic(output_file, results)
     return results
+
+
+def metrics_summary(metrics: Mapping[str, Any], output_file: str | None = None, split: str = "test") -> str:
+    """A few lines for the terminal: each scorer's Rank-1, Rank-3, class-wise mAP and out-of-domain AUROC on one
+    split of :func:`text_retrieval_metrics`; the rest (every split, per-organ AP, operating points) is in
+    ``output_file``, which the last line names."""
+    if split not in metrics:
+        raise KeyError(f"the text metrics hold no {split!r} split; give one of the splits they were computed on.")
+    scored = metrics[split]
+    lines = [f"text side on the corpus's {split} split ({scored['queries']} queries):"]
+    for name, key, ood in SUMMARY_ROWS:
+        if key not in scored:
+            continue
+        report = scored[key]
+        row = f"  {name:<24} Rank-1 {report['Rank-1']:.3f}  Rank-3 {report['Rank-3']:.3f}  "
+        row += f"class-wise mAP {report['mAP (class-wise)']:.3f}"
+        if ood is not None and ood in scored:
+            row += f"  out-of-domain AUROC {scored[ood]['AUROC']:.3f}"
+        lines.append(row)
+    if output_file:
+        lines.append(f"all text metrics (every split, per-organ AP, out-of-domain operating points): {output_file}")
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 from medsora.atomic_io import write_json_atomic
 from medsora.image.gate import ImageGate, gate_warning, load_image_gate
 
-__all__ = ["OrganReportWriter", "OrganPredictionWriter", "organ_report"]
+__all__ = ["OrganReportWriter", "OrganPredictionWriter", "format_organ_report", "organ_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,26 @@ def organ_report(confusion: torch.Tensor, organs: Sequence[str]) -> dict:
     }
 
 
+def format_organ_report(report: dict) -> str:
+    """:func:`organ_report` for the terminal: the accuracy, then the confusion matrix with the organ names on its rows
+    (the label map's organ) and columns (the network's prediction)."""
+    organs = report["confusion_matrix"]["organs"]
+    counts = report["confusion_matrix"]["counts"]
+    accuracy = "n/a" if report["accuracy"] is None else f"{report['accuracy']:.3f}"
+    width = max(len(organ) for organ in organs)
+    lines = [
+        f"organ accuracy {accuracy} on {report['samples']} organ samples",
+        "confusion matrix (rows: the label map's organ, columns: the network's prediction):",
+        " " * (width + 2) + " ".join(f"{organ:>{len(organ)}}" for organ in organs),
+    ]
+    for organ, row in zip(organs, counts):
+        lines.append(f"  {organ:<{width}}" + "".join(f" {n:>{len(name)}}" for n, name in zip(row, organs)))
+    return "\n".join(lines)
+
+
 class OrganReportWriter:
-    """Write :func:`organ_report` of the engine's confusion-matrix metric to a JSON file when the engine completes.
+    """Write :func:`organ_report` of the engine's confusion-matrix metric to a JSON file when the engine completes,
+    and print it (:func:`format_organ_report`) with the file's path.
 
     Args:
         output_file: JSON file to write.
@@ -56,7 +74,9 @@ class OrganReportWriter:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        write_json_atomic(self.output_file, organ_report(engine.state.metrics[self.metric_name], self.organs))
+        report = organ_report(engine.state.metrics[self.metric_name], self.organs)
+        write_json_atomic(self.output_file, report)
+        print(f"{format_organ_report(report)}\n-> {self.output_file}", flush=True)
 
 
 class OrganPredictionWriter:
@@ -107,3 +127,5 @@ class OrganPredictionWriter:
                 if warning:
                     logger.warning(warning)
         write_json_atomic(self.output_file, self.cases)
+        samples = sum(len(organs) for organs in self.cases.values())
+        print(f"organ predictions of {samples} organs on {len(self.cases)} CT(s) -> {self.output_file}", flush=True)

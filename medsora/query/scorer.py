@@ -7,7 +7,7 @@ retrieval over the corpus's training texts, and the evidence of every answer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -19,7 +19,25 @@ from medsora.query.readability import QueryVocabulary
 from medsora.text.alignment import TextImageAligner
 from medsora.text.retrieval import TextIndex
 
-__all__ = ["OrganQuery"]
+__all__ = ["OrganQuery", "QueryScores"]
+
+
+class QueryScores(NamedTuple):
+    """What :meth:`OrganQuery.score_with_evidence` gives for ``Q`` texts, in the order :meth:`OrganQuery.answer`
+    takes it.
+
+    Attributes:
+        scores: ``(Q, K)`` organ scores in ``[0, 1]``.
+        in_domain: ``(Q,)`` whether each text points to the abdomen.
+        evidence: each text's supporting corpus texts (empty lists without an index).
+        p_abdominal: ``(Q,)`` the scorer's ``P(abdominal)``, which ``in_domain`` compares with :attr:`OrganQuery.
+            threshold` (a text mostly of words the model cannot read is out of domain whatever its ``P``).
+    """
+
+    scores: np.ndarray
+    in_domain: np.ndarray
+    evidence: list[list[dict[str, Any]]]
+    p_abdominal: np.ndarray
 
 
 class OrganQuery:
@@ -82,18 +100,19 @@ class OrganQuery:
     def _score_batch(
         self, embeddings: torch.Tensor, organ_features: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Organ scores, ``P(abdominal)`` and the index similarities (``None`` without an index) of a batch."""
         similarities = None if self.index is None else self.index.similarities(embeddings)
         if self.fusion is None:
             return (
                 self.aligner.organ_scores(embeddings, organ_features),
-                self.aligner.in_domain(embeddings),
+                self.aligner.abdominal_probability(embeddings)[:, 0],
                 similarities,
             )
         assert self.index is not None
         scores, abdominal, _ = fuse(self.fusion, self.index, self.aligner, embeddings, organ_features, similarities)
         if organ_features is not None:
             scores = self._keep_reference_scores(scores, embeddings, organ_features, similarities)
-        return scores, abdominal >= self.fusion.threshold, similarities
+        return scores, abdominal, similarities
 
     def _keep_reference_scores(
         self, scores: torch.Tensor, embeddings: torch.Tensor, organ_features: torch.Tensor, similarities: torch.Tensor
@@ -109,19 +128,17 @@ class OrganQuery:
         text_only, _, _ = fuse(self.fusion, self.index, self.aligner, embeddings, None, similarities)
         return torch.where(on_reference[None, :], text_only, scores)
 
-    def score_with_evidence(
-        self, texts: Sequence[str], organ_features: torch.Tensor | None = None
-    ) -> tuple[np.ndarray, np.ndarray, list[list[dict[str, Any]]]]:
-        """Organ scores ``(Q, K)`` in ``[0, 1]``, the in-domain flags ``(Q,)`` and each query's evidence (empty
-        without an index); ``organ_features`` ``(K, D, d)`` replace the reference organs."""
-        scores, flags = [np.zeros((0, len(self.organs)), dtype=np.float32)], [np.zeros(0, dtype=bool)]
+    def score_with_evidence(self, texts: Sequence[str], organ_features: torch.Tensor | None = None) -> QueryScores:
+        """Organ scores, in-domain flags, evidence and ``P(abdominal)`` of each text (:class:`QueryScores`);
+        ``organ_features`` ``(K, D, d)`` replace the reference organs."""
+        scores, abdominal = [np.zeros((0, len(self.organs)), dtype=np.float32)], [np.zeros(0, dtype=np.float32)]
         evidence: list[list[dict[str, Any]]] = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
             embeddings = torch.as_tensor(self.encoder.encode(batch)).float()
-            batch_scores, batch_flags, similarities = self._score_batch(embeddings, organ_features)
+            batch_scores, batch_abdominal, similarities = self._score_batch(embeddings, organ_features)
             scores.append(batch_scores.numpy())
-            flags.append(batch_flags.numpy())
+            abdominal.append(batch_abdominal.numpy())
             if similarities is None:
                 evidence += [[] for _ in batch]
             else:
@@ -129,24 +146,31 @@ class OrganQuery:
                 evidence += organ_evidence(
                     self.index, similarities, rankings, self.evidence_organs, self.evidence_texts
                 )
-        all_scores, all_flags = np.concatenate(scores), np.concatenate(flags)
+        all_scores, all_abdominal = np.concatenate(scores), np.concatenate(abdominal)
+        all_flags = all_abdominal >= self.threshold
         if self.vocabulary is not None:
             all_scores, all_flags = self.vocabulary.gate(texts, all_scores, all_flags)
-        return all_scores, all_flags, evidence
+        return QueryScores(all_scores, all_flags, evidence, all_abdominal)
 
     def score(self, texts: Sequence[str], organ_features: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Organ scores ``(Q, K)`` in ``[0, 1]`` and the in-domain flags ``(Q,)``; ``organ_features`` ``(K, D, d)``
         replace the reference organs."""
-        scores, flags, _ = self.score_with_evidence(texts, organ_features)
-        return scores, flags
+        scored = self.score_with_evidence(texts, organ_features)
+        return scored.scores, scored.in_domain
 
     def answer(
-        self, scores: np.ndarray, in_domain: bool, evidence: list[dict[str, Any]] | None = None
+        self,
+        scores: np.ndarray,
+        in_domain: bool,
+        evidence: list[dict[str, Any]],
+        p_abdominal: float,
     ) -> dict[str, Any]:
-        """The JSON answer for one query: ``scores``, ``ranking``, ``in_domain`` and ``evidence``."""
+        """The JSON answer for one query: ``scores``, ``ranking``, ``in_domain``, ``evidence`` and the
+        ``p_abdominal`` that ``in_domain`` compares with :attr:`threshold`."""
         return {
             "scores": {organ: round(float(s), 6) for organ, s in zip(self.organs, scores)},
             "ranking": rank_organs(scores, self.organs),
             "in_domain": bool(in_domain),
-            "evidence": list(evidence or []),
+            "p_abdominal": round(float(p_abdominal), 6),
+            "evidence": list(evidence),
         }

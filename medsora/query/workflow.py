@@ -34,10 +34,10 @@ def answer_queries(
     """Answers in input order: the input's keys plus the answer (with its evidence), or plus ``error`` for a bad
     line."""
     valid = [i for i, (_, error) in enumerate(records) if error is None]
-    scores, in_domain, evidence = query.score_with_evidence([records[i][0]["text"] for i in valid], organ_features)
+    scored = query.score_with_evidence([records[i][0]["text"] for i in valid], organ_features)
     answers: list[dict[str, Any]] = [{**record, "error": error} for record, error in records]
     for row, i in enumerate(valid):
-        answers[i] = {**records[i][0], **query.answer(scores[row], in_domain[row], evidence[row])}
+        answers[i] = {**records[i][0], **query.answer(*(column[row] for column in scored))}
     return answers
 
 

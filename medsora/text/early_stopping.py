@@ -80,13 +80,13 @@ class ValidationEarlyStopping:
             self.best_loss, self.best_epoch = loss, epoch
             self._best_state = copy.deepcopy(engine.network.state_dict())
         elif self.patience is not None and epoch - self.best_epoch >= self.patience:
-            self.logger.info(f"no lower validation loss for {self.patience} epochs: stopping after epoch {epoch}.")
+            self.logger.debug(f"no lower validation loss for {self.patience} epochs: stopping after epoch {epoch}.")
             engine.terminate()
 
     def completed(self, engine: Engine) -> None:
         if self._best_state is not None:
             engine.network.load_state_dict(self._best_state)
-            self.logger.info(
+            self.logger.debug(  # the stage's summary line names the best epoch
                 f"kept the weights of epoch {self.best_epoch} (validation loss {self.best_loss:.5f}) of "
                 f"{engine.state.epoch}."
             )

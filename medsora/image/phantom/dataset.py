@@ -22,12 +22,14 @@ Command line::
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from tqdm import tqdm
 
 from medsora.atomic_io import atomic_write, write_json_atomic
 from medsora.image.phantom.anatomy import Z_MARGIN_MM, place_structures, sample_body
@@ -55,6 +57,8 @@ __all__ = [
 PHANTOM_VERSION = 2
 DATALIST_NAME = "dataset_0.json"
 _PROGRESS_NAME = ".phantom_in_progress.json"
+
+logger = logging.getLogger(__name__)
 
 #: BTCV (Synapse multi-organ) label ids.
 BTCV_LABELS: dict[int, str] = {
@@ -249,10 +253,17 @@ def generate_phantom_dataset(
 
     write_json_atomic(progress_path, wanted)  # lets an interrupted run resume instead of refusing its own files
     drawn = {case["image"]: case_domain(domains, seed, index) for index, case in enumerate(cases, start=1)}
-    for index, case in enumerate(cases, start=1):
+    todo = [
+        (index, case)
+        for index, case in enumerate(cases, start=1)
+        # with the same parameters, a case on disk is already what it would be regenerated as
+        if overwrite or not all(os.path.isfile(os.path.join(output_dir, case[k])) for k in ("image", "label"))
+    ]
+    if todo:
+        logger.info(f"generating {len(todo)} phantom CTs in {output_dir}")
+    # a case takes seconds: a bar (on a terminal) instead of a long silence
+    for index, case in tqdm(todo, desc="phantom CTs", unit="CT", disable=None, leave=False, dynamic_ncols=True):
         image_path, label_path = (os.path.join(output_dir, case[k]) for k in ("image", "label"))
-        if not overwrite and os.path.isfile(image_path) and os.path.isfile(label_path):
-            continue  # same parameters: this case is already what it would be regenerated as
         rng = np.random.default_rng([int(seed), index])
         image, label, affine = generate_case(rng, shape, p_missing_gallbladder, drawn[case["image"]])
         _save_nifti(label, affine, label_path)
