@@ -22,6 +22,16 @@ BTCV = {
     "stomach": [7],
     "adrenal_gland": [12, 13],
 }
+# organ scores of one made-up answer, for the pictures' tests
+SCORES = {
+    "liver": 0.81,
+    "pancreas": 0.12,
+    "kidney": 0.33,
+    "gallbladder": 0.64,
+    "spleen": 0.05,
+    "stomach": 0.27,
+    "adrenal_gland": 0.5,
+}
 
 #: the image side on five small phantom CTs (two of them for validation), two epochs
 TINY_IMAGE = {"phantom#num_cases": 5, "phantom#num_validation": 2, "epochs": 2, "batch_size": 3}

@@ -8,20 +8,11 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import BTCV
+from helpers import BTCV, SCORES
 
 from medsora.display import display_slices, organ_probability_map, render_query_figure, save_probability_map, wrap_text
 from medsora.organs import rank_organs
 
-SCORES = {
-    "liver": 0.81,
-    "pancreas": 0.12,
-    "kidney": 0.33,
-    "gallbladder": 0.64,
-    "spleen": 0.05,
-    "stomach": 0.27,
-    "adrenal_gland": 0.5,
-}
 SHAPE = (40, 40, 20)
 LPS = np.diag([-2.0, -2.0, 4.0, 1.0])  # voxel axis 0 runs towards the patient's left, axis 1 towards posterior
 TEXT = "Dull right upper quadrant pain after fatty meals, with nausea and yellowing of the eyes for two weeks. "

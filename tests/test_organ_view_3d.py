@@ -12,21 +12,12 @@ from collections import Counter
 import numpy as np
 import pytest
 from browser import CHROMIUM, HeadlessChromium
-from helpers import BTCV
+from helpers import BTCV, SCORES
 from matplotlib import colormaps
 from PIL import Image
 
 from medsora.display3d import organ_surfaces, render_surface_figure, write_surface_html
 
-SCORES = {
-    "liver": 0.81,
-    "pancreas": 0.12,
-    "kidney": 0.33,
-    "gallbladder": 0.64,
-    "spleen": 0.05,
-    "stomach": 0.27,
-    "adrenal_gland": 0.5,
-}
 LPS = np.diag([-2.0, -2.0, 4.0, 1.0])
 LPS[:3, 3] = (40.0, 40.0, -20.0)
 TEXT = "Dull right upper quadrant pain after fatty meals, with nausea and yellowing of the eyes"
