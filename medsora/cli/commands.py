@@ -236,7 +236,7 @@ class Commands:
             dataset_dir: CTs in the BTCV layout; default: generated phantom CTs.
             label_convention: the label ids of the label maps.
             run_dir: where metrics, reports and figures go (default: the bundle's runs/evaluate).
-            tables: also retrain every row of the paper's Tables 2-4 over three seeds (about 10 minutes on two CPU
+            tables: also retrain every row of the paper's Tables 2-4 over three seeds (19 minutes on two shared CPU
                 cores) and write report.md with the figures.
             bundle_root: the Med-SORA bundle directory.
         """
