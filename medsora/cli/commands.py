@@ -148,25 +148,17 @@ class Commands:
         from medsora.query import run_query
 
         root = find_bundle_root(bundle_root)
-        overrides = {"label_convention": _convention(label_convention)}
+        answers = {"text": text, "queries_file": queries_file, "output_file": output_file}
+        overrides = {"label_convention": _convention(label_convention), "image": image, "label": label, **answers}
         if ckpt_dir is not None:
             overrides["ckpt_dir"] = os.path.abspath(ckpt_dir)
+        if maps_dir is not None:
+            overrides["maps_dir"] = maps_dir
         parser = parse_configs(root, ("inference.yaml",), overrides)
-        patient = {}
-        if image is not None or label is not None:  # the image side is built only for a patient's CT
-            patient = {
-                "image": image,
-                "label": label,
-                "maps_dir": maps_dir or parser.get_parsed_content("maps_dir"),
-                "organ_labels": parser.get_parsed_content("organ_labels"),
-                "image_network": parser.get_parsed_content("network_def"),
-                "image_weights": os.path.join(parser.get_parsed_content("ckpt_dir"), "model.pt"),
-                "preprocessing": parser.get_parsed_content("preprocessing"),
-                "image_gate": parser.get_parsed_content("image_gate"),
-                "device": parser.get_parsed_content("device"),
-            }
-        query = parser.get_parsed_content("query_model")
-        run_query(query, text=text, queries_file=queries_file, output_file=output_file, **patient)
+        if image is None and label is None:  # text only: the image side is not built
+            run_query(parser.get_parsed_content("query_model"), **answers)
+        else:  # the bundle's own query on a CT, the same config item `run query` instantiates
+            parser.get_parsed_content("query_answers")
 
     def demo(
         self, run_dir: str | None = None, quick: bool = False, install: bool = False, bundle_root: str | None = None
