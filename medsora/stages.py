@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PRODUCERS", "load_weights", "producer", "safe_load"]
+__all__ = ["PRODUCERS", "load_weights", "producer", "require_stage_file", "safe_load"]
 
 TRAIN_CONFIG = "bundle/configs/train.yaml"
 TEXT_CONFIGS = "\"['bundle/configs/train.yaml','bundle/configs/text.yaml']\""
@@ -46,6 +46,18 @@ def producer(path: str) -> str:
     return PRODUCERS[name]
 
 
+def require_stage_file(path: str, what: str, produced_by: str | None = None) -> None:
+    """Raise ``FileNotFoundError`` naming ``what``, ``path`` and the command that writes it, unless ``path`` exists.
+
+    Args:
+        path: the stage file.
+        what: what the file holds, e.g. "image gate".
+        produced_by: the command that writes ``path``; default: the bundle run of :data:`PRODUCERS` for its name.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} not found: run `{produced_by or producer(path)}` first.")
+
+
 def safe_load(path: str, map_location: Any = "cpu") -> Any:
     """``torch.load(path, weights_only=True)``; a file that fails it (damaged, cut, or holding more than tensors and
     plain values, which may run code) is an error naming the file."""
@@ -74,8 +86,7 @@ def load_weights(module: nn.Module, path: str, produced_by: str | None = None) -
         path: the weights file.
         produced_by: the command that writes ``path``; default: the bundle run of :data:`PRODUCERS` for its name.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path} not found: run `{produced_by or producer(path)}` first.")
+    require_stage_file(path, "weights file", produced_by)
     state = safe_load(path)
     try:
         module.load_state_dict(state)

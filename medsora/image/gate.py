@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from torch import nn
 
 from medsora.atomic_io import write_json_atomic
 from medsora.image.features import OrganReadings, read_organs
-from medsora.stages import load_weights, producer
+from medsora.stages import load_weights, require_stage_file
 
 __all__ = ["GATE_FILE", "ImageGate", "calibrate_image_gate", "gate_warning", "load_image_gate"]
 
@@ -93,8 +92,7 @@ class ImageGate:
 
 def load_image_gate(path: str) -> ImageGate:
     """The gate stored with the image network; a missing or malformed file names the command that writes it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image gate {path} not found: run `{producer(path)}` first.")
+    require_stage_file(path, "image gate")
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)

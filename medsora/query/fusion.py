@@ -24,14 +24,13 @@ Every parameter is chosen on the corpus's validation split (:mod:`medsora.query.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medsora.atomic_io import write_json_atomic
-from medsora.stages import producer
+from medsora.stages import producer, require_stage_file
 from medsora.text.retrieval import TextIndex
 
 if TYPE_CHECKING:
@@ -160,8 +159,7 @@ def save_fusion(parameters: FusionParameters, path: str, report: dict[str, Any] 
 
 def load_fusion(path: str) -> FusionParameters:
     """The parameters saved by :func:`save_fusion`; a missing or malformed file names the command that writes it."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"fusion parameters {path} not found: run `{producer(path)}` first.")
+    require_stage_file(path, "fusion parameters")
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)["parameters"]

@@ -15,7 +15,6 @@ refuses another one.
 
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from medsora.atomic_io import atomic_write
-from medsora.stages import producer
+from medsora.stages import producer, require_stage_file
 
 __all__ = ["TextIndex", "build_text_index", "load_text_index"]
 
@@ -148,8 +147,7 @@ def load_text_index(path: str, encoder_id: str | None = None, organs: Sequence[s
         FileNotFoundError: no file at ``path`` (the message names the command that builds it).
         ValueError: the file is not a readable index, or was built for another encoder or other organs.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"text index {path} not found: run `{producer(path)}` first.")
+    require_stage_file(path, "text index")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
