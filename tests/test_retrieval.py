@@ -13,6 +13,7 @@ from medsora.evaluation.scorer_ablation import scorer_ablation
 from medsora.query import OrganQuery
 from medsora.query.fusion import FusionParameters, fuse, fused_scores, load_fusion, query_fusion, retrieval_votes
 from medsora.query.fusion_choice import choose_fusion
+from medsora.query.printout import format_evidence
 from medsora.text.alignment import TextImageAligner
 from medsora.text.corpus import SymptomCorpus
 from medsora.text.encoder_cache import CachedTextEncoder
@@ -192,7 +193,7 @@ def test_evidence_names_the_corpus_records_behind_each_top_organ(corpus, index_f
     embeddings = torch.nn.functional.normalize(torch.as_tensor(corpus.encoder.encode(list(UNAMBIGUOUS.values()))))
     # P(abdominal) is the fused scorer's own, the one in_domain compares with the threshold
     texts = list(UNAMBIGUOUS.values())
-    fused_p = fuse(query.fusion, index, query.aligner, torch.as_tensor(corpus.encoder.encode(texts)).float())[1]
+    fused_p = fuse(query.fusion, index, query.aligner, torch.as_tensor(corpus.encoder.encode(texts)).float(), texts)[1]
     np.testing.assert_allclose(p_abdominal, fused_p.numpy(), atol=1e-5)
     assert (flags == (p_abdominal >= query.threshold)).all()
     for row, items in enumerate(evidence):
@@ -236,6 +237,30 @@ def test_a_query_model_scores_in_the_unit_interval_and_low_outside_the_abdomen(c
     scores, _ = query.score(texts)
     assert scores.shape == (5, 7) and scores.min() >= 0.0 and scores.max() <= 1.0
     assert scores[3:].max(axis=1).max() < scores[:3].max(axis=1).min()
+
+
+def test_the_character_n_grams_vote_for_the_texts_that_share_a_finding_s_words(corpus, index_file):
+    """Character n-grams are taken within words: a text's words in another order find that very text."""
+    index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
+    organs = ["spleen", "adrenal_gland", "gallbladder"]
+    rows = [next(row for row in range(len(index)) if index.organ(row) == organ) for organ in organs]
+    texts = [" ".join(reversed(index.records[row]["text"].lower().split())) for row in rows]
+    lexical = index.lexical.similarities(texts)
+    assert lexical.shape == (3, len(index)) and lexical.min() >= 0.0 and lexical.max() <= 1.0 + 1e-6
+    assert lexical.argmax(dim=1).tolist() == rows and torch.all(lexical.max(dim=1).values > 0.95)
+    parameters = FusionParameters(neighbours=3, retrieval_weight=1.0, lexical_share=1.0)
+    query = OrganQuery(corpus.encoder, untrained_aligner(), ORGANS, index=index, fusion=parameters)
+    scores, _, evidence, _ = query.score_with_evidence(texts)
+    assert [ORGANS[k] for k in scores.argmax(axis=1)] == organs
+    assert scores.min() >= 0.0 and scores.max() <= 1.0
+    # the evidence is chosen as the texts voted: each query's own text first, with both of its similarities
+    for query_row, (row, items) in enumerate(zip(rows, evidence)):
+        assert items[0]["text"] == index.records[row]["text"]
+        assert items[0]["lexical_similarity"] == pytest.approx(float(lexical[query_row, row]), abs=1e-4)
+        assert all("lexical_similarity" in item for item in items)
+        assert "lexical" in format_evidence(items[0])
+    with pytest.raises(ValueError, match="one text per embedding"):
+        fuse(parameters, index, query.aligner, torch.zeros(2, 384), texts)
 
 
 def test_organs_on_the_reference_features_keep_their_text_only_fused_scores(corpus, index_file):
@@ -311,10 +336,17 @@ def test_a_missing_or_corrupt_index_names_the_file_and_the_command(index_file, t
 
 def test_fusion_parameters_are_chosen_on_the_validation_split_and_read_back(corpus, index_file, tmp_path):
     index = load_text_index(index_file, corpus.encoder.model_id, ORGANS)
-    grid = {"neighbours": [3, 10], "temperature": [0.05, 0.1], "retrieval_weight": [0.5, 1.0], "relative_share": [0.0]}
+    grid = {
+        "neighbours": [3, 10],
+        "temperature": [0.05, 0.1],
+        "lexical_share": [0.0, 0.5],
+        "retrieval_weight": [0.5, 1.0],
+        "relative_share": [0.0],
+    }
     path = str(tmp_path / "fusion.json")
     chosen = choose_fusion(untrained_aligner(), index, corpus, grid, 0.1, path)
     assert chosen.neighbours in (3, 10) and chosen.temperature in (0.05, 0.1) and chosen.retrieval_weight in (0.5, 1.0)
+    assert chosen.lexical_share in (0.0, 0.5)
     assert 0.0 <= chosen.threshold <= 1.0
     assert load_fusion(path) == chosen == query_fusion("fused", path)
     saved = json.load(open(path))
@@ -351,7 +383,7 @@ def test_the_scorer_ablation_scores_every_row_on_labelled_queries(corpus, index_
     aligner, fusion = untrained_aligner(), FusionParameters()
     result = scorer_ablation(aligner, corpus, index, fusion, str(queries), str(tmp_path / "ablation.json"))
     rows = result["rows"]
-    assert len(rows) == 9 and list(rows)[0].startswith("paper scorer") and list(rows)[-1].startswith("fused")
+    assert len(rows) == 11 and list(rows)[0].startswith("paper scorer") and list(rows)[-1].startswith("fused")
     for row in rows.values():
         assert 0.0 <= row["Rank-1"] <= row["Rank-2"] <= row["Rank-3"] <= 1.0 and 0.0 <= row["OOD AUROC"] <= 1.0
     assert rows["retrieval votes alone"]["Rank-1"] == 1.0  # the paraphrases' nearest texts are their organs'
@@ -363,7 +395,7 @@ def test_the_scorer_ablation_scores_every_row_on_labelled_queries(corpus, index_
         labels[np.arange(3), top].mean()
     )
     table = (tmp_path / "ablation.md").read_text()
-    assert table.startswith("3 abdominal and 1 non-abdominal queries") and table.count("\n| ") == 11
+    assert table.startswith("3 abdominal and 1 non-abdominal queries") and table.count("\n| ") == 13
     assert json.loads((tmp_path / "ablation.json").read_text())["rows"] == rows
     write_jsonl(queries, lines[:3])
     with pytest.raises(ValueError, match="needs abdominal and non-abdominal queries"):

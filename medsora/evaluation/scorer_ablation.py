@@ -13,13 +13,15 @@ learned part keep the domain gate's weighting, so that their OOD AUROC is compar
 * ``W_align`` against text prototypes (each organ's mean projected training text) instead of the phantom's features;
 * the paper's scorer with per-organ calibration (each organ's mean score over the validation texts subtracted);
 * nearest neighbours (the mean of the three best cosine similarities per organ over the training texts);
-* the fused scorer's retrieval votes alone, and the fused scorer itself (``query``'s default).
+* the retrieval votes alone, by embedding only and hybrid (by embedding and by character n-grams), the fused scorer
+  without the character n-grams' votes, and the fused scorer itself (``query``'s default).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from medsora.text.retrieval import TextIndex
 
 __all__ = ["ablation_scorers", "scorer_ablation"]
 
-Scorer = Callable[[torch.Tensor], torch.Tensor]
+Scorer = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
 
 
 def _organ_means(embeddings: torch.Tensor, organs: torch.Tensor, num_organs: int) -> torch.Tensor:
@@ -46,13 +48,14 @@ def _organ_means(embeddings: torch.Tensor, organs: torch.Tensor, num_organs: int
 def ablation_scorers(
     aligner: TextImageAligner, corpus: SymptomCorpus, index: TextIndex, fusion: FusionParameters
 ) -> dict[str, Scorer]:
-    """Row name -> ``embeddings (Q, dim) -> organ scores (Q, K)``, in the order of the module's docstring."""
+    """Row name -> ``(embeddings (Q, dim), texts) -> organ scores (Q, K)``, in the order of the module's docstring."""
     train, organs = corpus.embeddings("train"), corpus.organ_indices("train")
     num_organs = len(corpus.organs)
     identity_reference = F.normalize(aligner.reference, dim=-1).mean(dim=-2)
     prototypes = _organ_means(aligner.project(train), organs, num_organs)
     offsets = aligner.organ_scores(corpus.embeddings("validation")).mean(dim=0)
     train_unit = F.normalize(train, dim=-1)
+    dense_only = replace(fusion, lexical_share=0.0)
 
     def gated(relevance: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         return relevance * aligner.domain_weight(embeddings)
@@ -65,17 +68,21 @@ def ablation_scorers(
         return torch.stack([values.mean(dim=1) for values in best], dim=1)
 
     return {
-        "paper scorer (W_align, image projection, phantom organ features, gate)": aligner.organ_scores,
-        "paper scorer without the domain gate": lambda e: (aligner.avg_sim(e) + 1.0) / 2.0,
-        "text head alone (no image)": lambda e: gated(aligner.text_head_scores(e), e),
-        "W_align without the image projection": lambda e: gated((aligner.project(e) @ identity_reference.T + 1) / 2, e),
-        "W_align against text prototypes instead of the phantom": lambda e: gated(
+        "paper scorer (W_align, image projection, phantom organ features, gate)": lambda e, t: aligner.organ_scores(e),
+        "paper scorer without the domain gate": lambda e, t: (aligner.avg_sim(e) + 1.0) / 2.0,
+        "text head alone (no image)": lambda e, t: gated(aligner.text_head_scores(e), e),
+        "W_align without the image projection": lambda e, t: gated(
+            (aligner.project(e) @ identity_reference.T + 1) / 2, e
+        ),
+        "W_align against text prototypes instead of the phantom": lambda e, t: gated(
             (aligner.project(e) @ prototypes.T + 1) / 2, e
         ),
-        "paper scorer, per-organ calibration": lambda e: aligner.organ_scores(e) - offsets,
-        "nearest neighbours (mean of the 3 best cosines per organ)": nearest_neighbours,
-        "retrieval votes alone": lambda e: fuse(fusion, index, aligner, e)[2],
-        "fused scorer (query's default)": lambda e: fuse(fusion, index, aligner, e)[0],
+        "paper scorer, per-organ calibration": lambda e, t: aligner.organ_scores(e) - offsets,
+        "nearest neighbours (mean of the 3 best cosines per organ)": lambda e, t: nearest_neighbours(e),
+        "retrieval votes by embedding alone": lambda e, t: fuse(dense_only, index, aligner, e, t)[2],
+        "retrieval votes alone": lambda e, t: fuse(fusion, index, aligner, e, t)[2],
+        "fused scorer without the character n-grams": lambda e, t: fuse(dense_only, index, aligner, e, t)[0],
+        "fused scorer (query's default)": lambda e, t: fuse(fusion, index, aligner, e, t)[0],
     }
 
 
@@ -111,11 +118,12 @@ def scorer_ablation(
     inside = np.array([bool(r["labels"]) for r in records])
     if not inside.any() or inside.all():
         raise ValueError(f"{queries_file}: the ablation needs abdominal and non-abdominal queries (empty labels).")
-    embeddings = torch.as_tensor(corpus.encoder.encode([r["text"] for r in records])).float()
+    texts = [r["text"] for r in records]
+    embeddings = torch.as_tensor(corpus.encoder.encode(texts)).float()
     labels = np.array([[organ in r["labels"] for organ in corpus.organs] for r in records])
     rows = {}
     for name, scorer in ablation_scorers(aligner, corpus, index, fusion).items():
-        scores = scorer(embeddings).numpy().astype(np.float64)
+        scores = scorer(embeddings, texts).numpy().astype(np.float64)
         report = retrieval_report(scores[inside], labels[inside], corpus.organs)
         maximum = scores.max(axis=1)
         rows[name] = {

@@ -54,8 +54,8 @@ def _fused_reports(
     split: str,
     ood_split: str,
 ) -> dict[str, Any]:
-    scores, abdominal_in, votes = fuse(fusion, index, aligner, corpus.embeddings(split))
-    ood_scores, abdominal_out, _ = fuse(fusion, index, aligner, corpus.embeddings(ood_split))
+    scores, abdominal_in, votes = fuse(fusion, index, aligner, corpus.embeddings(split), corpus.texts(split))
+    ood_scores, abdominal_out, _ = fuse(fusion, index, aligner, corpus.embeddings(ood_split), corpus.texts(ood_split))
     labels = corpus.label_matrix(split)
     return {
         "Med-SORA fused (retrieval + learned)": _report(scores.numpy(), labels, corpus.organs),

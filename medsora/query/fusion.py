@@ -8,7 +8,10 @@ encoder's own neighbourhoods; on texts phrased unlike the corpus each misses wha
 both. For a query with unit embedding ``q``:
 
 * retrieval: the ``neighbours`` most similar indexed texts vote with weights ``softmax(cos / temperature)``; the
-  abdominal texts' share is ``P_retrieval(abdominal)`` and their votes per organ, renormalised, ``r``;
+  abdominal texts' share is ``P_retrieval(abdominal)`` and their votes per organ, renormalised, ``r``. It is hybrid:
+  the votes of the nearest texts by embedding and those of the nearest texts by character n-grams
+  (:mod:`medsora.text.lexical`) are mixed, the latter at ``lexical_share`` (for a query that shares no n-gram with any
+  indexed text, the embedding's votes alone);
 * learned: ``softmax(avgSim / learned_temperature)`` over the organs, the alignment's InfoNCE turned into organ
   probabilities ``l`` (against the reference organ features, or the patient's own with ``--image``);
 * relevance ``m = retrieval_weight * r + (1 - retrieval_weight) * l``;
@@ -24,6 +27,7 @@ Every parameter is chosen on the corpus's validation split (:mod:`medsora.query.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +46,7 @@ __all__ = [
     "fused_scores",
     "load_fusion",
     "query_fusion",
+    "hybrid_votes",
     "retrieval_votes",
     "save_fusion",
 ]
@@ -60,6 +65,7 @@ class FusionParameters:
         learned_temperature: softmax temperature of the learned avgSim (the alignment's InfoNCE temperature).
         relative_share: weight of the relevance relative to the top organ's in the score.
         threshold: on the fused ``P(abdominal)``; ``in_domain`` is ``P >= threshold``.
+        lexical_share: share of the votes of the nearest texts by character n-grams in the retrieval's.
     """
 
     neighbours: int = 30
@@ -68,13 +74,14 @@ class FusionParameters:
     learned_temperature: float = 0.1
     relative_share: float = 0.5
     threshold: float = 0.5
+    lexical_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.neighbours < 1:
             raise ValueError(f"fusion neighbours must be >= 1, got {self.neighbours}.")
         if self.temperature <= 0 or self.learned_temperature <= 0:
             raise ValueError(f"fusion temperatures must be > 0, got {self.temperature} and {self.learned_temperature}.")
-        for name in ("retrieval_weight", "relative_share", "threshold"):
+        for name in ("retrieval_weight", "relative_share", "threshold", "lexical_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"fusion {name} must be in [0, 1], got {value}.")
@@ -99,6 +106,39 @@ def retrieval_votes(
     uniform = torch.full_like(votes[:, :-1], 1.0 / len(index.organs))
     distribution = torch.where(inside[:, None] > 0, votes[:, :-1] / inside.clamp_min(1e-12)[:, None], uniform)
     return distribution, inside
+
+
+def hybrid_votes(
+    index: TextIndex,
+    dense: torch.Tensor,
+    lexical: torch.Tensor | None,
+    neighbours: int,
+    temperature: float,
+    lexical_share: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retrieval's organ distribution ``(Q, K)`` and abdominal share ``(Q,)``: the votes of the nearest texts by
+    embedding and, at ``lexical_share``, by character n-grams.
+
+    Args:
+        index: the index searched.
+        dense: ``(Q, N)`` cosine similarities of the queries' embeddings with every indexed text.
+        lexical: ``(Q, N)`` their TF-IDF cosine similarities (:meth:`TextIndex.lexical`); ``None`` when
+            ``lexical_share`` is 0.
+        neighbours: nearest texts that vote, by each measure.
+        temperature: softmax temperature over either measure's similarities.
+        lexical_share: weight of the lexical votes; a query with no n-gram in common with the index takes none.
+    """
+    k = min(neighbours, len(index))
+    nearest = dense.topk(k, dim=1)
+    votes, inside = retrieval_votes(index, nearest.values, nearest.indices, temperature)
+    if lexical_share == 0.0:
+        return votes, inside
+    if lexical is None:
+        raise ValueError("a lexical_share above 0 needs the queries' lexical similarities.")
+    nearest = lexical.topk(k, dim=1)
+    lexical_votes, _ = retrieval_votes(index, nearest.values, nearest.indices, temperature)
+    share = lexical_share * (nearest.values[:, :1] > 0).to(votes.dtype)
+    return (1.0 - share) * votes + share * lexical_votes, inside
 
 
 def fused_scores(
@@ -131,16 +171,24 @@ def fuse(
     index: TextIndex,
     aligner: TextImageAligner,
     embeddings: torch.Tensor,
+    texts: Sequence[str],
     organ_features: torch.Tensor | None = None,
     similarities: torch.Tensor | None = None,
+    lexical: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fused organ scores ``(Q, K)``, fused ``P(abdominal)`` ``(Q,)`` and retrieval votes ``(Q, K)`` of query
-    embeddings ``(Q, dim)``; ``organ_features`` ``(K, D, d)`` replace the reference organs, ``similarities``
-    ``(Q, N)`` (:meth:`TextIndex.similarities`) spare computing them again."""
+    """Fused organ scores ``(Q, K)``, fused ``P(abdominal)`` ``(Q,)`` and retrieval votes ``(Q, K)`` of ``texts`` and
+    their embeddings ``(Q, dim)``; ``organ_features`` ``(K, D, d)`` replace the reference organs, ``similarities``
+    and ``lexical`` ``(Q, N)`` (:meth:`TextIndex.similarities`, ``TextIndex.lexical.similarities``) spare computing
+    them again."""
+    if len(texts) != len(embeddings):
+        raise ValueError(f"fuse needs one text per embedding, got {len(texts)} texts and {len(embeddings)} embeddings.")
     if similarities is None:
         similarities = index.similarities(embeddings)
-    nearest = similarities.topk(min(parameters.neighbours, len(index)), dim=1)
-    votes, retrieval_abdominal = retrieval_votes(index, nearest.values, nearest.indices, parameters.temperature)
+    if lexical is None and parameters.lexical_share > 0:
+        lexical = index.lexical.similarities(texts)
+    votes, retrieval_abdominal = hybrid_votes(
+        index, similarities, lexical, parameters.neighbours, parameters.temperature, parameters.lexical_share
+    )
     scores, abdominal = fused_scores(
         parameters,
         votes,

@@ -5,9 +5,9 @@
 
 The validation split holds whole source groups the index and the text stages never saw, with the held-out
 out-of-domain texts beside them. Every combination of the grid is scored there; the one with the best mean of
-Rank-1, class-wise mAP and OOD AUROC wins (the first in grid order on ties). For each ``(neighbours, temperature)``
-the ``in_domain`` threshold on the fused ``P(abdominal)`` maximises Youden's J on the same texts, as the paper
-scorer's threshold does.
+Rank-1, class-wise mAP and OOD AUROC wins (the first in grid order on ties). For each ``(neighbours, temperature,
+lexical_share)`` the ``in_domain`` threshold on the fused ``P(abdominal)`` maximises Youden's J on the same texts, as
+the paper scorer's threshold does.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from medsora.evaluation.metrics import ood_auroc, retrieval_report
-from medsora.query.fusion import FusionParameters, fused_scores, retrieval_votes, save_fusion
+from medsora.query.fusion import FusionParameters, fused_scores, hybrid_votes, save_fusion
 from medsora.text.alignment import TextImageAligner
 from medsora.text.retrieval import TextIndex
 from medsora.thresholds import calibrate_threshold
 
 __all__ = ["GRID_KEYS", "choose_fusion"]
 
-GRID_KEYS = ("neighbours", "temperature", "retrieval_weight", "relative_share")
+GRID_KEYS = ("neighbours", "temperature", "lexical_share", "retrieval_weight", "relative_share")
 
 
 def _objective(scores: np.ndarray, labels: np.ndarray, organs: Sequence[str], inside: int) -> dict[str, float]:
@@ -68,20 +68,30 @@ def choose_fusion(
             "is chosen on both: raise the corpus's validation_fraction or add training texts."
         )
     embeddings = torch.cat([corpus.embeddings("validation"), corpus.embeddings("ood_validation")])
+    texts = corpus.texts("validation") + corpus.texts("ood_validation")
     labels = corpus.label_matrix("validation").numpy().astype(bool)
     avg_sim = aligner.avg_sim(embeddings)
     gate = aligner.abdominal_probability(embeddings)[:, 0]
-    nearest = index.search(embeddings, int(max(grid["neighbours"])))
+    dense = index.similarities(embeddings)
+    lexical = index.lexical.similarities(texts) if any(float(v) > 0 for v in grid["lexical_share"]) else None
     best: tuple[float, FusionParameters, dict[str, float]] | None = None
-    for neighbours, temperature in itertools.product(grid["neighbours"], grid["temperature"]):
-        n = int(neighbours)
-        votes, retrieval_abdominal = retrieval_votes(
-            index, nearest.values[:, :n], nearest.indices[:, :n], float(temperature)
+    for neighbours, temperature, lexical_share in itertools.product(
+        grid["neighbours"], grid["temperature"], grid["lexical_share"]
+    ):
+        votes, retrieval_abdominal = hybrid_votes(
+            index, dense, lexical, int(neighbours), float(temperature), float(lexical_share)
         )
         abdominal = ((gate + retrieval_abdominal) / 2.0).numpy()
         threshold = calibrate_threshold(abdominal[:inside], abdominal[inside:])
         for weight, share in itertools.product(grid["retrieval_weight"], grid["relative_share"]):
-            parameters = FusionParameters(n, float(temperature), float(weight), learned_temperature, float(share))
+            parameters = FusionParameters(
+                int(neighbours),
+                float(temperature),
+                float(weight),
+                learned_temperature,
+                float(share),
+                lexical_share=float(lexical_share),
+            )
             scores, _ = fused_scores(parameters, votes, retrieval_abdominal, avg_sim, gate)
             metrics = _objective(scores.numpy(), labels, corpus.organs, inside)
             if best is None or metrics["objective"] > best[0]:

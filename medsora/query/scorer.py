@@ -97,25 +97,46 @@ class OrganQuery:
         """The threshold on ``P(abdominal)`` behind ``in_domain``."""
         return float(self.aligner.threshold) if self.fusion is None else self.fusion.threshold
 
+    def _similarities(
+        self, texts: Sequence[str], embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The batch's similarities with the indexed texts: by embedding (``None`` without an index) and by
+        character n-grams (``None`` unless the fused scorer uses them)."""
+        if self.index is None:
+            return None, None
+        uses_words = self.fusion is not None and self.fusion.lexical_share > 0
+        return self.index.similarities(embeddings), self.index.lexical.similarities(texts) if uses_words else None
+
     def _score_batch(
-        self, embeddings: torch.Tensor, organ_features: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Organ scores, ``P(abdominal)`` and the index similarities (``None`` without an index) of a batch."""
-        similarities = None if self.index is None else self.index.similarities(embeddings)
+        self,
+        texts: Sequence[str],
+        embeddings: torch.Tensor,
+        organ_features: torch.Tensor | None,
+        similarities: torch.Tensor | None,
+        lexical: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Organ scores and ``P(abdominal)`` of a batch of texts and their embeddings."""
         if self.fusion is None:
             return (
                 self.aligner.organ_scores(embeddings, organ_features),
                 self.aligner.abdominal_probability(embeddings)[:, 0],
-                similarities,
             )
         assert self.index is not None
-        scores, abdominal, _ = fuse(self.fusion, self.index, self.aligner, embeddings, organ_features, similarities)
+        scores, abdominal, _ = fuse(
+            self.fusion, self.index, self.aligner, embeddings, texts, organ_features, similarities, lexical
+        )
         if organ_features is not None:
-            scores = self._keep_reference_scores(scores, embeddings, organ_features, similarities)
-        return scores, abdominal, similarities
+            scores = self._keep_reference_scores(scores, texts, embeddings, organ_features, similarities, lexical)
+        return scores, abdominal
 
     def _keep_reference_scores(
-        self, scores: torch.Tensor, embeddings: torch.Tensor, organ_features: torch.Tensor, similarities: torch.Tensor
+        self,
+        scores: torch.Tensor,
+        texts: Sequence[str],
+        embeddings: torch.Tensor,
+        organ_features: torch.Tensor,
+        similarities: torch.Tensor | None,
+        lexical: torch.Tensor | None,
     ) -> torch.Tensor:
         """The fused scores couple the organs (a softmax over them, the top organ's share), so a patient's features for
         one organ would move the others' scores too. An organ that takes the reference features (the image gate's
@@ -125,7 +146,7 @@ class OrganQuery:
         on_reference = (organ_features.to(reference) == reference).flatten(1).all(dim=1)
         if not on_reference.any():
             return scores
-        text_only, _, _ = fuse(self.fusion, self.index, self.aligner, embeddings, None, similarities)
+        text_only, _, _ = fuse(self.fusion, self.index, self.aligner, embeddings, texts, None, similarities, lexical)
         return torch.where(on_reference[None, :], text_only, scores)
 
     def score_with_evidence(self, texts: Sequence[str], organ_features: torch.Tensor | None = None) -> QueryScores:
@@ -136,15 +157,18 @@ class OrganQuery:
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
             embeddings = torch.as_tensor(self.encoder.encode(batch)).float()
-            batch_scores, batch_abdominal, similarities = self._score_batch(embeddings, organ_features)
+            similarities, lexical = self._similarities(batch, embeddings)
+            batch_scores, batch_abdominal = self._score_batch(batch, embeddings, organ_features, similarities, lexical)
             scores.append(batch_scores.numpy())
             abdominal.append(batch_abdominal.numpy())
             if similarities is None:
                 evidence += [[] for _ in batch]
             else:
+                assert self.index is not None
                 rankings = [rank_organs(row, self.organs) for row in scores[-1]]
+                share = 0.0 if self.fusion is None else self.fusion.lexical_share
                 evidence += organ_evidence(
-                    self.index, similarities, rankings, self.evidence_organs, self.evidence_texts
+                    self.index, similarities, rankings, self.evidence_organs, self.evidence_texts, lexical, share
                 )
         all_scores, all_abdominal = np.concatenate(scores), np.concatenate(abdominal)
         all_flags = all_abdominal >= self.threshold

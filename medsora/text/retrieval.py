@@ -7,7 +7,8 @@ A query's nearest training texts say which organs it points to and why (their pr
 The index holds the texts the text stages train on (the corpus's ``train`` split, validation groups held out, so the
 fusion can be chosen on texts it does not hold) and the out-of-domain training texts (organ ``None``), whose
 neighbourhood says a query is not abdominal. Search is an exact cosine product in torch: a few thousand texts are one
-matrix product per batch of queries; an approximate index (faiss, hnswlib) pays only past about 100k texts.
+matrix product per batch of queries; an approximate index (faiss, hnswlib) pays only past about 100k texts. Beside the
+embeddings, the same texts are searched by their words (:mod:`medsora.text.lexical`).
 
 The embeddings are only valid for the encoder that made them, so the index stores the encoder's ``model_id`` and
 refuses another one.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -25,6 +27,7 @@ from torch.nn import functional as F
 
 from medsora.atomic_io import atomic_write
 from medsora.stages import producer, require_stage_file
+from medsora.text.lexical import LexicalIndex
 
 __all__ = ["TextIndex", "build_text_index", "load_text_index"]
 
@@ -70,6 +73,11 @@ class TextIndex:
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
+
+    @cached_property
+    def lexical(self) -> LexicalIndex:
+        """The same texts searched by their character n-grams (built from the records when first used)."""
+        return LexicalIndex([record["text"] for record in self.records])
 
     def check_encoder(self, encoder_id: str, path: str = "the text index") -> None:
         """Refuse an encoder other than the one the index was built with: their vectors are not comparable."""
