@@ -155,7 +155,9 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
     assert ranking == expected["ranking"]
     assert f"Abdominal (in domain): {'yes' if expected['in_domain'] else 'no'}" in report
     assert f"CT series: {ct.SeriesInstanceUID}" in report
-    evidence = re.findall(r'^- (\w+): "(.+)" \(similarity ([0-9.-]+); (\S+) (\S+)', report, flags=re.MULTILINE)
+    evidence = re.findall(
+        r'^- (\w+): "(.+)" \(similarity ([0-9.-]+)(?:, lexical [0-9.]+)?; (\S+) (\S+)', report, flags=re.MULTILINE
+    )
     assert [(organ, text) for organ, text, *_ in evidence] == [(e["organ"], e["text"]) for e in expected["evidence"]]
     for (*_, source, identifier), item in zip(evidence, expected["evidence"]):
         assert (source, identifier.rstrip(":)")) == (item["provenance"]["source"], item["provenance"]["identifier"])

@@ -41,6 +41,10 @@ def test_an_abdominal_answer_shows_its_p_against_the_threshold_and_what_a_score_
         "(similarity 0.81; clinical gallbladder/biliary_colic)"
     )
     assert lines[5].startswith("  2. stomach        0.300 ") and len(lines) == 3 + 7 + 1  # one evidence line
+    # under hybrid retrieval the item also carries the similarity of its character n-grams
+    item = {**EVIDENCE, "lexical_similarity": 0.436}
+    hybrid = format_ranking("biliary colic", made_up(True, 0.9731, evidence=[item]), 0.6642)
+    assert hybrid.splitlines()[4].endswith("(similarity 0.81, lexical 0.44; clinical gallbladder/biliary_colic)")
 
 
 def test_a_rejected_answer_says_why():

@@ -123,7 +123,8 @@ def test_query_file_contract(tiny_bundle, tmp_path):
     assert max(knee["scores"].values()) < max(first["scores"].values())
     assert [item["organ"] for item in first["evidence"]] == [o for o in first["ranking"][:3] for _ in range(2)]
     for item in first["evidence"]:
-        assert set(item) == {"text", "organ", "similarity", "provenance"} and -1.0 <= item["similarity"] <= 1.0
+        assert set(item) - {"lexical_similarity"} == {"text", "organ", "similarity", "provenance"}
+        assert -1.0 <= item["similarity"] <= 1.0 and 0.0 <= item.get("lexical_similarity", 0.0) <= 1.0
         assert item["provenance"]["source"] and item["provenance"]["identifier"]
     errors = [a.get("error", "") for a in answers[1:-1]]
     assert "not JSON" in errors[0]
@@ -146,7 +147,8 @@ def test_single_text_prints_a_ranking(tiny_bundle):
     # a line of evidence under each of the three top organs: a corpus text, its similarity and its source
     for rank in (1, 2, 3):
         row = next(i for i, line in enumerate(lines) if re.match(rf"\s*{rank}\. ", line))
-        assert re.match(r'\s+evidence: ".+" \(similarity -?[01]\.\d\d; (hpo|icd10cm|clinical) ', lines[row + 1])
+        line = r'\s+evidence: ".+" \(similarity -?[01]\.\d\d(, lexical [01]\.\d\d)?; (hpo|icd10cm|clinical) '
+        assert re.match(line, lines[row + 1])
 
 
 @pytest.mark.slow

@@ -136,7 +136,7 @@ def ranking_report(
     behind the top organs, and the sources.
 
     One ``<rank>. <organ>: <score>`` line per organ, best first; scores are the query's, in [0, 1]. Each evidence
-    line is ``- <organ>: "<corpus text>" (similarity, source and identifier)``.
+    line is ``- <organ>: "<corpus text>" (similarity, lexical similarity, source and identifier)``.
     """
     from medsora.query.printout import format_evidence
 

@@ -5,7 +5,9 @@
 
 A ranking alone cannot be checked; the texts behind it can. Each item names the indexed text, its organ, its cosine
 similarity to the query and its provenance exactly as the corpus records it (``source`` and ``identifier``: an HPO,
-OMIM or ICD-10-CM id, or the knowledge table with the ``findings`` the text was written from).
+OMIM or ICD-10-CM id, or the knowledge table with the ``findings`` the text was written from). Under hybrid retrieval
+an organ's texts are chosen as they voted: by the similarity of their embeddings and of their character n-grams, mixed
+at the fusion's ``lexical_share``, and each item also carries its ``lexical_similarity``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ def organ_evidence(
     rankings: Sequence[Sequence[str]],
     organs_per_answer: int = 3,
     texts_per_organ: int = 2,
+    lexical: torch.Tensor | None = None,
+    lexical_share: float = 0.0,
 ) -> list[list[dict[str, Any]]]:
     """Evidence of each query: for its ``organs_per_answer`` best-ranked organs, that organ's
-    ``texts_per_organ`` indexed texts most similar to the query, best organ first.
+    ``texts_per_organ`` indexed texts most like the query, best organ first.
 
     Args:
         index: the text index.
@@ -36,30 +40,30 @@ def organ_evidence(
         rankings: each query's organs, best first.
         organs_per_answer: how many of the top organs get evidence.
         texts_per_organ: supporting texts per organ.
+        lexical: ``(Q, N)`` character n-gram similarities (:mod:`medsora.text.lexical`), if the scorer used them.
+        lexical_share: their weight in choosing the texts.
 
     Returns:
-        per query, a list of ``{"text", "organ", "similarity", "provenance"}``.
+        per query, a list of ``{"text", "organ", "similarity", "provenance"}``, with ``"lexical_similarity"`` when
+        ``lexical`` is given.
     """
     if organs_per_answer < 0 or texts_per_organ < 0:
         raise ValueError(f"evidence counts must be >= 0, got {organs_per_answer} and {texts_per_organ}.")
+    closeness = similarities if lexical is None else (1.0 - lexical_share) * similarities + lexical_share * lexical
     evidence: list[list[dict[str, Any]]] = []
     rows_of = {organ: torch.nonzero(index.organ_index == k).reshape(-1) for k, organ in enumerate(index.organs)}
-    for similarity, ranking in zip(similarities, rankings):
+    for query, ranking in enumerate(rankings):
         items = []
         for organ in list(ranking)[:organs_per_answer]:
             rows = rows_of[organ]
             if not len(rows) or not texts_per_organ:
                 continue
-            best = similarity[rows].topk(min(texts_per_organ, len(rows)))
-            for value, row in zip(best.values.tolist(), rows[best.indices].tolist()):
+            best = closeness[query, rows].topk(min(texts_per_organ, len(rows)))
+            for row in rows[best.indices].tolist():
                 record = index.records[row]
-                items.append(
-                    {
-                        "text": record["text"],
-                        "organ": organ,
-                        "similarity": round(float(value), 4),
-                        "provenance": dict(record["provenance"]),
-                    }
-                )
+                item = {"text": record["text"], "organ": organ, "similarity": round(float(similarities[query, row]), 4)}
+                if lexical is not None:
+                    item["lexical_similarity"] = round(float(lexical[query, row]), 4)
+                items.append({**item, "provenance": dict(record["provenance"])})
         evidence.append(items)
     return evidence

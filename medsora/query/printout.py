@@ -20,15 +20,18 @@ SCORES_MEANING = (
 
 def format_evidence(item: Mapping[str, Any], width: int | None = 70) -> str:
     """One evidence item in a line: the supporting text (shortened to ``width`` characters unless ``None``), its
-    similarity and where it comes from (the record's source and identifier, with the ontology term's title or the
-    knowledge-table findings it was written from)."""
+    similarity (and lexical similarity, under hybrid retrieval) and where it comes from (the record's source and
+    identifier, with the ontology term's title or the knowledge-table findings it was written from)."""
     provenance = item.get("provenance") or {}
     where = " ".join(str(provenance[key]) for key in ("source", "identifier") if provenance.get(key))
     detail = provenance.get("title") or "; ".join(str(finding) for finding in provenance.get("findings") or [])
     if detail:
         where = f"{where}: {textwrap.shorten(detail, width=60, placeholder=' ...')}"
     shown = item["text"] if width is None else textwrap.shorten(item["text"], width=width, placeholder=" ...")
-    return f'"{shown}" (similarity {item["similarity"]:.2f}; {where or "source unknown"})'
+    measures = f"similarity {item['similarity']:.2f}"
+    if "lexical_similarity" in item:
+        measures += f", lexical {item['lexical_similarity']:.2f}"
+    return f'"{shown}" ({measures}; {where or "source unknown"})'
 
 
 def format_domain(answer: Mapping[str, Any], threshold: float) -> str:
