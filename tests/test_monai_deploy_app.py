@@ -154,6 +154,7 @@ def test_the_app_writes_the_ranking_as_sr_and_the_scores_on_the_ct(study, tmp_pa
         assert scores[organ] == pytest.approx(expected["scores"][organ], abs=1e-4)
     assert ranking == expected["ranking"]
     assert f"Abdominal (in domain): {'yes' if expected['in_domain'] else 'no'}" in report
+    assert f"P(abdominal) {expected['p_abdominal']:.3f}, threshold " in report
     assert f"CT series: {ct.SeriesInstanceUID}" in report
     evidence = re.findall(
         r'^- (\w+): "(.+)" \(similarity ([0-9.-]+)(?:, lexical [0-9.]+)?; (\S+) (\S+)', report, flags=re.MULTILINE

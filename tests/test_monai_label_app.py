@@ -271,6 +271,7 @@ def test_uploaded_ct_label_map_and_text_give_the_probability_map_and_the_ranking
     answer, result = parse_all(server, response, tmp_path)
     check_answer(answer)
     assert answer["text"] == BILIARY_COLIC and answer["in_domain"] is True
+    assert answer["p_abdominal"] == pytest.approx(bundle_query["p_abdominal"], abs=1e-6)  # what in_domain compared
     assert answer["ranking"][0] == "gallbladder"  # biliary colic, on this patient's organs
     assert answer["absent_organs"] == [] and answer["label_source"] == "request"
     assert answer["result_map"] == "probability" and answer["organ_labels"] == BTCV

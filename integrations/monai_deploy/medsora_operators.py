@@ -144,7 +144,7 @@ def ranking_report(
     lines = [
         "Med-SORA symptom-to-organ ranking. Research use only; not for diagnostic use.",
         f"Symptoms: {text}",
-        f"Abdominal (in domain): {verdict}; P(abdominal) threshold {threshold:.3f}",
+        f"Abdominal (in domain): {verdict}; P(abdominal) {answer['p_abdominal']:.3f}, threshold {threshold:.3f}",
         "Organ ranking (score in [0, 1], higher is more likely):",
     ]
     lines += [f"{rank}. {organ}: {answer['scores'][organ]:.6f}" for rank, organ in enumerate(answer["ranking"], 1)]

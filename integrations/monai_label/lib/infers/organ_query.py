@@ -218,6 +218,7 @@ class OrganQueryInfer(BasicInferTask):
             "scores": answer["scores"],
             "ranking": answer["ranking"],
             "in_domain": answer["in_domain"],
+            "p_abdominal": answer["p_abdominal"],
             "evidence": answer["evidence"],
             "image_features": answer["image_features"],
             "absent_organs": answer["absent_organs"],
