@@ -15,6 +15,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from dicom_series import write_dicom_series
 from helpers import BUNDLE_ROOT, INFERENCE, REPO_ROOT, TRAIN, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -25,6 +26,7 @@ from medsora.checkpoints import CheckpointLoader
 from medsora.config_check import check_cli_overrides, error_message, unknown_override_keys
 from medsora.image import phantom
 from medsora.image.datalist import case_datalist, load_datalist
+from medsora.image.label_anatomy import anatomy_problems
 from medsora.image.organ_masking import OrganMaskd
 from medsora.literal_options import literal, literal_overrides, needs_literal
 from medsora.organs import label_convention
@@ -195,10 +197,22 @@ def test_a_label_map_in_another_convention_is_refused_naming_the_likely_one(case
     with pytest.raises(
         ValueError,
         match=r"read in label convention 'totalsegmentator' contradicts the abdomen's anatomy \(the liver "
-        r"\(ids \[5\]\) lies left of the stomach; the liver is not the largest organ.*while read in 'btcv' it does "
+        r"\(ids \[5\]\) lies left of the stomach;.*while read in 'btcv' it does "
         r"not: pass --label_convention btcv",
     ):
         masker("totalsegmentator", conventions)(data)
+
+
+def test_the_livers_size_is_not_compared_when_the_scan_cuts_the_liver(conventions):
+    """A scan that covers the liver only partly (a pelvic or cropped CT) shows too little of it to be the largest."""
+    organs = label_convention(conventions, "btcv")["organ_labels"]
+    label = torch.zeros(40, 40, 20, dtype=torch.int64)
+    label[2:38, 2:38, 5:15] = organs["kidney"][0]  # the largest organ, well inside the scan
+    label[25:35, 25:35, 16:19] = organs["liver"][0]  # smaller than the kidney, inside the scan: a real contradiction
+    assert any("the liver is not the largest organ" in p for p in anatomy_problems(label, None, organs))
+    label[label == organs["liver"][0]] = 0
+    label[25:35, 25:35, 17:20] = organs["liver"][0]  # as small, but cut by the last slice
+    assert not any("largest" in p for p in anatomy_problems(label, None, organs))
 
 
 def test_a_label_map_that_fits_no_convention_is_used_with_a_warning(case, conventions, tmp_path, caplog):

@@ -8,6 +8,7 @@ passes every id check and silently swaps organs (BTCV's esophagus read as TotalS
 hold in nearly every abdomen tell the conventions apart: the liver lies on the patient's right of the spleen and of
 the stomach, it is the largest of the seven organs, and of a paired organ's two ids (listed right first, as in BTCV
 and TotalSegmentator) the first lies on the right. Only organ sizes and centroids are computed: one pass per organ id.
+A liver that reaches the edge of the scan is partly outside it, so its size says nothing and is not compared.
 """
 
 from __future__ import annotations
@@ -21,15 +22,28 @@ import torch
 
 from medsora.organs import label_convention
 
-__all__ = ["anatomy_problems", "check_label_convention"]
+__all__ = ["anatomy_problems", "check_label_convention", "touches_edge"]
 
 logger = logging.getLogger(__name__)
+
+
+def touches_edge(mask: torch.Tensor) -> bool:
+    """Whether a channel-first mask has a voxel on any face of its volume: the scan cut the structure."""
+    spatial = mask.shape[1:]
+    return any(
+        bool(mask.narrow(axis + 1, 0, 1).any() or mask.narrow(axis + 1, size - 1, 1).any())
+        for axis, size in enumerate(spatial)
+    )
+
+
+def _mask(label: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
+    return torch.isin(label, torch.tensor(list(ids), device=label.device))
 
 
 def _measure(label: torch.Tensor, affine: np.ndarray | None, ids: Sequence[int]) -> tuple[int, float | None]:
     """Voxel count of ``ids`` in ``label`` ``(X, Y, Z)`` and the world x (RAS: larger is the patient's right) of their
     centroid; ``None`` without voxels or an affine."""
-    mask = torch.isin(label, torch.tensor(list(ids), device=label.device))
+    mask = _mask(label, ids)
     count = int(mask.sum())
     if not count or affine is None:
         return count, None
@@ -51,7 +65,8 @@ def anatomy_problems(
         organ_labels: organ -> label ids of the convention (paired organs: right id first).
 
     Returns:
-        one sentence per contradicted fact; facts about an organ absent from the map are not checked.
+        one sentence per contradicted fact; facts about an organ absent from the map are not checked, nor the liver's
+        size when the scan cuts it.
     """
     measured = {organ: _measure(label, affine, ids) for organ, ids in organ_labels.items()}
     size = {organ: count for organ, (count, _) in measured.items() if count}
@@ -60,7 +75,8 @@ def anatomy_problems(
     for other in ("spleen", "stomach"):
         if "liver" in x and other in x and x["liver"] <= x[other]:
             problems.append(f"the liver (ids {list(organ_labels['liver'])}) lies left of the {other}")
-    if "liver" in size and max(size, key=size.get) != "liver":
+    liver_cut = "liver" in size and touches_edge(_mask(label, organ_labels["liver"])[None])
+    if "liver" in size and not liver_cut and max(size, key=size.get) != "liver":
         largest = max(size, key=size.get)
         problems.append(
             f"the liver is not the largest organ: the {largest} has {size[largest]} voxels to its {size['liver']}"

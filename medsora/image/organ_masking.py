@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, SpatialCrop
 from monai.transforms.utils import generate_spatial_bounding_box
 
-from medsora.image.label_anatomy import check_label_convention
+from medsora.image.label_anatomy import check_label_convention, touches_edge
 from medsora.organs import label_convention
 
 __all__ = ["OrganMaskd", "label_convention", "source_name", "touches_edge"]  # label_convention: re-exported for configs
@@ -30,15 +30,6 @@ def source_name(data: Mapping[Hashable, Any], key: Hashable) -> str:
     """The file an item was loaded from, for error messages; the key name when it was not loaded from a file."""
     meta = getattr(data.get(key), "meta", None) or {}
     return str(meta.get("filename_or_obj", key))
-
-
-def touches_edge(mask: torch.Tensor) -> bool:
-    """Whether a channel-first mask has a voxel on any face of its volume: the scan cut the structure."""
-    spatial = mask.shape[1:]
-    return any(
-        bool(mask.narrow(axis + 1, 0, 1).any() or mask.narrow(axis + 1, size - 1, 1).any())
-        for axis, size in enumerate(spatial)
-    )
 
 
 class OrganMaskd(MapTransform):
